@@ -1,0 +1,58 @@
+import cv2
+import numpy as np
+import pytest
+
+from trtserve.errors import InvalidFrameError
+from trtserve.vision.frames import check_frame, decode_image
+
+LIMIT = 4096 * 4096
+
+
+def encoded(ext: str, image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_decodes_jpeg_and_png() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_image(encoded(".png", img), LIMIT), img)
+    assert decode_image(encoded(".jpg", img), LIMIT).shape == (48, 64, 3)
+
+
+def test_png_with_alpha_becomes_bgr() -> None:
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    assert decode_image(encoded(".png", rgba), LIMIT).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"not an image at all", "could not decode"),
+])
+def test_undecodable_bytes(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidFrameError, match=message):
+        decode_image(data, LIMIT)
+
+
+def test_truncated_jpeg_is_rejected_or_decoded_partially_never_crashes() -> None:
+    data = encoded(".jpg", np.full((64, 64, 3), 100, np.uint8))
+    with pytest.raises(InvalidFrameError, match="could not decode"):
+        decode_image(data[:20], LIMIT)
+
+
+def test_grayscale_where_colour_is_expected() -> None:
+    with pytest.raises(InvalidFrameError, match="grayscale"):
+        decode_image(encoded(".png", np.zeros((8, 8), np.uint8)), LIMIT)
+    with pytest.raises(InvalidFrameError, match="grayscale"):
+        check_frame(np.zeros((8, 8), np.uint8), LIMIT)
+
+
+@pytest.mark.parametrize("frame, message", [
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+    (np.zeros((10, 10, 3), np.float32), "dtype float32"),
+    (np.zeros((10, 10, 5), np.uint8), "expected H x W x 3"),
+    (np.zeros((100, 100, 3), np.uint8), "exceeds the limit of 9999"),
+])
+def test_bad_arrays(frame: np.ndarray, message: str) -> None:
+    with pytest.raises(InvalidFrameError, match=message):
+        check_frame(frame, 9999)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from trtserve.vision.letterbox import Letterbox, letterbox
+
+SIZES = [(240, 320), (360, 480), (256, 256), (100, 1000), (1000, 7), (17, 33), (2160, 3840), (50, 40)]
+
+
+@pytest.mark.parametrize("hw", SIZES)
+@pytest.mark.parametrize("input_hw", [(256, 256), (320, 192)])
+def test_round_trip_is_exact(hw: tuple[int, int], input_hw: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    h, w = hw
+    x0 = rng.uniform(0, w / 2, 50)
+    y0 = rng.uniform(0, h / 2, 50)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(0, w / 2, 50), y0 + rng.uniform(0, h / 2, 50)], 1)
+    geo = Letterbox.plan(hw, input_hw)
+    back = geo.to_original(geo.to_input(boxes), clip=False)
+    np.testing.assert_allclose(back, boxes, rtol=0, atol=1e-3 * max(h, w) / 1000 + 1e-4)
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_content_lands_exactly_where_the_geometry_says(hw: tuple[int, int]) -> None:
+    h, w = hw
+    frame = np.full((h, w, 3), 7, np.uint8)
+    out, geo = letterbox(frame, (256, 256), pad_value=114)
+    assert out.shape == (256, 256, 3)
+    x0, y0, x1, y1 = geo.to_input(np.array([[0, 0, w, h]]))[0]
+    assert (x0, y0) == (geo.pad_left_px, geo.pad_top_px)
+    assert (round(float(x1)), round(float(y1))) == (geo.pad_left_px + geo.resized_width_px,
+                                                     geo.pad_top_px + geo.resized_height_px)
+    content = np.zeros((256, 256), bool)
+    content[int(y0):round(float(y1)), int(x0):round(float(x1))] = True
+    assert (out[content] == 7).all()
+    assert (out[~content] == 114).all()
+    # aspect ratio kept: the image fills one axis fully
+    assert geo.resized_width_px == 256 or geo.resized_height_px == 256
+
+
+def test_clipping_and_out_buffer() -> None:
+    geo = Letterbox.plan((240, 320), (256, 256))
+    boxes = geo.to_original(np.array([[-50.0, -50.0, 400.0, 400.0]]))
+    np.testing.assert_array_equal(boxes, [[0, 0, 320, 240]])
+    buf = np.empty((256, 256, 3), np.uint8)
+    out, _ = letterbox(np.zeros((240, 320, 3), np.uint8), (256, 256), out=buf)
+    assert out is buf
+
+
+def test_non_positive_size_is_rejected() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Letterbox.plan((0, 10), (256, 256))

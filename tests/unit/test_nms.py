@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from trtserve.vision.nms import box_iou, nms
+
+
+def brute_force_nms(boxes, scores, thr, classes=None):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        ok = True
+        for k in keep:
+            if classes is not None and classes[i] != classes[k]:
+                continue
+            x0, y0 = max(boxes[i][0], boxes[k][0]), max(boxes[i][1], boxes[k][1])
+            x1, y1 = min(boxes[i][2], boxes[k][2]), min(boxes[i][3], boxes[k][3])
+            inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+            a = (boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1])
+            b = (boxes[k][2] - boxes[k][0]) * (boxes[k][3] - boxes[k][1])
+            if inter / (a + b - inter) > thr:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("class_aware", [False, True])
+def test_matches_brute_force(seed: int, class_aware: bool) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    xy = rng.uniform(0, 200, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (n, 2))], 1)
+    scores = rng.choice(np.linspace(0.1, 1.0, 20), n)  # many exact ties
+    classes = rng.integers(0, 3, n) if class_aware else None
+    thr = float(rng.uniform(0.2, 0.7))
+    got = nms(boxes, scores, thr, classes).tolist()
+    assert got == brute_force_nms(boxes.tolist(), scores.tolist(), thr,
+                                  None if classes is None else classes.tolist())
+
+
+def test_max_detections_and_empty() -> None:
+    boxes = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210]], float)
+    assert nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5, max_detections=2).tolist() == [1, 2]
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+def test_box_iou_known_values() -> None:
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]]))
+    np.testing.assert_allclose(iou, [[1 / 3, 0.0, 1.0]])

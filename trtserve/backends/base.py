@@ -1,0 +1,111 @@
+"""The backend seam: load a model file, describe its tensors, run one batch.
+
+A backend does no heavy work in its constructor: :meth:`Backend.load` opens the model, so that
+objects can be created (and configuration validated) without a GPU or the runtime library.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.errors import BackendError, InvalidFrameError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, numpy dtype and shape of a model input or output; ``None`` marks a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    intra_op_threads: int = 0  # 0: the runtime's default
+    graph_optimization: str = "all"  # disable | basic | extended | all
+    providers: tuple[str, ...] = ()  # empty: the best the host offers
+
+
+class Backend(abc.ABC):
+    """One loaded model. Subclasses fill :meth:`_load`, :meth:`_infer` and :meth:`_close`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model_path: Path, options: BackendOptions | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.options = options or BackendOptions()
+        self._inputs: list[TensorInfo] = []
+        self._outputs: list[TensorInfo] = []
+        self._loaded = False
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        self._require_loaded()
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        self._require_loaded()
+        return self._outputs
+
+    def load(self) -> Backend:
+        """Open the model. Raises :class:`ModelLoadError` with what to do when it cannot."""
+        if not self._loaded:
+            self._inputs, self._outputs = self._load()
+            self._loaded = True
+        return self
+
+    def infer(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
+        """Run one batch. Checks feeds against the input metadata first (names, dtype, rank, fixed dims).
+
+        Returns fresh arrays owned by the caller, keyed by output name.
+        """
+        self._require_loaded()
+        expected = {t.name: t for t in self._inputs}
+        if set(feeds) != set(expected):
+            raise InvalidFrameError(f"inputs {sorted(feeds)} do not match the model's {sorted(expected)}")
+        for name, array in feeds.items():
+            info = expected[name]
+            if array.dtype != info.dtype:
+                raise InvalidFrameError(f"input '{name}' has dtype {array.dtype}; the model expects {info.dtype}")
+            if array.ndim != len(info.shape) or any(
+                    d is not None and d != a for d, a in zip(info.shape, array.shape, strict=False)):
+                raise InvalidFrameError(f"input '{name}' has shape {list(array.shape)}; the model expects "
+                                        f"{['?' if d is None else d for d in info.shape]}")
+        try:
+            return self._infer(feeds)
+        except InvalidFrameError:
+            raise
+        except Exception as exc:  # the runtime's own errors become one typed error
+            raise BackendError(f"{self.name} backend failed on a batch of {self.model_path.name}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    def __enter__(self) -> Backend:
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise RuntimeError(f"{type(self).__name__} used before load()")
+
+    @abc.abstractmethod
+    def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]: ...
+
+    @abc.abstractmethod
+    def _infer(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources; the default has nothing to release."""

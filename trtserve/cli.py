@@ -1,0 +1,173 @@
+"""``trtserve`` command line: a thin adapter over the library.
+
+User errors (bad configuration, missing files, undecodable images) print one line to stderr and
+exit with status 2; no traceback. Pass ``--verbose`` to see debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trtserve import __version__
+from trtserve.errors import TrtserveError
+
+logger = logging.getLogger("trtserve")
+EXIT_USER_ERROR = 2
+
+
+def _detector(args: argparse.Namespace) -> Any:
+    from trtserve.backends import BackendOptions
+    from trtserve.detector import Detector
+    from trtserve.repository import ModelRepository
+
+    config = ModelRepository(args.repository).get(args.model)
+    options = BackendOptions(intra_op_threads=args.threads)
+    return Detector.open(config, getattr(args, "precision", "fp32"), options=options)
+
+
+def _emit(payload: Any, as_json: bool, text: str) -> None:
+    sys.stdout.write((json.dumps(payload, indent=2) if as_json else text) + "\n")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from trtserve.repository import ModelRepository
+
+    rows: list[dict[str, Any]] = [{"name": c.name, "head": c.head.type, "precisions": c.available_precisions(),
+             "input": [c.input.height_px, c.input.width_px], "classes": len(c.class_names),
+             "max_batch_size": c.max_batch_size} for c in ModelRepository(args.repository).all()]
+    lines = [f"{r['name']:<20} head={r['head']:<8} input={r['input'][0]}x{r['input'][1]} "
+             f"classes={r['classes']} precisions={','.join(r['precisions'])}" for r in rows]
+    _emit(rows, args.json, "\n".join(lines) or "(no models)")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from trtserve.vision.draw import annotate
+
+    if args.out is not None and len(args.images) != 1:
+        raise TrtserveError("--out takes exactly one IMAGE; run once per image or drop --out")
+    with _detector(args) as detector:
+        thresholds = detector.with_thresholds(score=args.score_threshold)
+        blobs = []
+        for path in args.images:
+            try:
+                blobs.append(Path(path).read_bytes())
+            except OSError as exc:
+                blobs.append(b"")
+                logger.debug("cannot read %s: %s", path, exc)
+        results = detector.detect(blobs, thresholds)
+        payload, lines, failed = [], [], 0
+        names = detector.config.class_names
+        for path, blob, result in zip(args.images, blobs, results, strict=False):
+            if result.detections is None:
+                failed += 1
+                reason = "cannot read file" if not blob else str(result.error)
+                payload.append({"image": path, "error": reason})
+                lines.append(f"{path}: error: {reason}")
+                continue
+            det = result.detections
+            items = [{"label": names[int(c)], "class_id": int(c), "score": round(float(s), 4),
+                      "box_xyxy": [round(float(v), 1) for v in b]}
+                     for b, s, c in zip(det.boxes_xyxy, det.scores, det.class_ids, strict=False)]
+            payload.append({"image": path, "detections": items})
+            lines.append(f"{path}: {len(items)} detections")
+            lines += [f"  {d['label']:<10} {d['score']:.2f} {d['box_xyxy']}" for d in items]
+            if args.out is not None:
+                frame = detector.prepare(blob)
+                if not cv2.imwrite(str(args.out), annotate(frame, det, names)):
+                    raise TrtserveError(f"cannot write {args.out}; check the folder exists and the extension")
+        _emit(payload, args.json, "\n".join(lines))
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trtserve.evaluation import evaluate
+
+    with _detector(args) as detector:
+        result = evaluate(detector, args.images)
+    d = result.as_dict()
+    _emit(d, args.json, f"{args.model} {d['precision']}: mAP50 {d['map50']:.4f}  mAP50-95 {d['map50_95']:.4f}  "
+                        f"({d['images']} images, {d['seconds']} s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trtserve.demo import run_demo
+
+    with _detector(args) as detector:
+        result = run_demo(detector, args.out, args.video, progress=not args.json)
+    s = result.summary
+    text = (f"{s['frames']} frames, {s['detections']} detections, {s['fps']} frames/s "
+            f"(batch {s['batch_size']}, {s['precision']})\n")
+    if "ground_truth" in s:
+        g = s["ground_truth"]
+        text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
+    text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
+    _emit(s, args.json, text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trtserve", description="Serve object detectors on TensorRT and "
+                                     "ONNX Runtime, calibrated to INT8.")
+    parser.add_argument("--version", action="version", version=f"trtserve {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument("--repository", type=Path, default=None,
+                        help="model repository folder (default: $TRTSERVE_MODEL_REPOSITORY or ./engines)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--model", default="shapes", help="model name in the repository (default: shapes)")
+        p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = sub.add_parser("models", help="list the model repository")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = model_command("detect", "detect objects in images")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", type=Path, help="write the annotated image here (one IMAGE only)")
+    p.add_argument("--score-threshold", type=float, default=None)
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.set_defaults(func=cmd_detect)
+
+    p = model_command("eval", "COCO mAP on the held-out synthetic set")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
+    p.set_defaults(func=cmd_eval)
+
+    p = model_command("demo", "detect on the sample video; write an annotated video and a JSON summary")
+    p.add_argument("--out", type=Path, default=Path("build/demo"), help="output folder (default build/demo)")
+    p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except TrtserveError as exc:
+        sys.stderr.write(f"trtserve: error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

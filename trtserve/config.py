@@ -1,0 +1,203 @@
+"""Model configuration (``engines/<model>/model.yaml``), validated once at load.
+
+Every error names the file, the key (dotted path), the bad value and what was expected, and no
+setting is ever silently rewritten: contradictions are rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trtserve.errors import ConfigError
+
+HEAD_TYPES = ("auto", "yolov8", "yolov5", "end2end", "raw")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str | None  # None: the model's only input
+    layout: str  # nchw | nhwc
+    height_px: int
+    width_px: int
+    color_order: str  # rgb | bgr
+    scale: float  # multiplied after casting to float (1/255 maps to [0, 1])
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pad_value: int
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    type: str
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+    class_agnostic_nms: bool
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    directory: Path
+    onnx_path: Path  # the FP32 source model
+    input: InputSpec
+    head: HeadSpec
+    class_names: tuple[str, ...]
+    max_batch_size: int
+    max_frame_pixels: int
+    artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision -> file
+    source_file: Path | None = None
+
+    def artifact(self, precision: str) -> Path:
+        """The model file for ``precision`` (``fp32`` is the source ONNX)."""
+        if precision == "fp32":
+            return self.onnx_path
+        if precision not in self.artifacts:
+            raise ConfigError(
+                f"{self.source_file}: model '{self.name}' has no '{precision}' artifact "
+                f"(artifacts: {sorted(self.artifacts) or 'none'}); "
+                f"for int8 run `trtserve calibrate {self.name}` first")
+        return self.artifacts[precision]
+
+    def available_precisions(self) -> list[str]:
+        """Precisions whose model file exists on disk."""
+        found = ["fp32"] if self.onnx_path.is_file() else []
+        return found + [p for p, path in self.artifacts.items() if path.is_file()]
+
+
+_TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts"}
+_INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
+_HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
+
+
+class _Reader:
+    """Typed access to one mapping of the YAML document, with errors that name file and key."""
+
+    def __init__(self, source: Path, data: Any, prefix: str, allowed: set[str]) -> None:
+        self.source, self.prefix = source, prefix
+        if not isinstance(data, dict):
+            self.fail(prefix or "<document>", data, "a mapping")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            key = self.key(str(unknown[0]))
+            raise ConfigError(f"{source}: unknown key '{key}'; expected one of {sorted(allowed)}")
+        self.data: dict[str, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, key: str, value: Any, expected: str) -> None:
+        raise ConfigError(f"{self.source}: key '{key}' has value {value!r}; expected {expected}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., expected: str = "") -> Any:
+        if name not in self.data:
+            if default is ...:
+                raise ConfigError(f"{self.source}: missing required key '{self.key(name)}'"
+                                  + (f" ({expected})" if expected else ""))
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and kind is not bool:
+            self.fail(self.key(name), value, expected or getattr(kind, "__name__", str(kind)))
+        if not isinstance(value, kind):
+            self.fail(self.key(name), value, expected or getattr(kind, "__name__", str(kind)))
+        return value
+
+    def number(self, name: str, default: Any = ..., lo: float = -math.inf, hi: float = math.inf,
+               integer: bool = False) -> Any:
+        expected = f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]"
+        value = self.get(name, int if integer else (int, float), default, expected)
+        if not lo <= value <= hi:
+            self.fail(self.key(name), value, expected)
+        return int(value) if integer else float(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(name, str, default, f"one of {list(choices)}")
+        if value not in choices:
+            self.fail(self.key(name), value, f"one of {list(choices)}")
+        return str(value)
+
+    def triple(self, name: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
+        value = self.get(name, list, list(default), "a list of 3 numbers")
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            self.fail(self.key(name), value, "a list of 3 numbers")
+        return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate one ``model.yaml``. Raises :class:`ConfigError` naming file, key and value."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such model configuration file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    top = _Reader(path, document, "", _TOP_KEYS)
+    name = top.get("name", str, expected="the model name")
+    if not name or "/" in name or name != name.strip():
+        top.fail("name", name, "a non-empty name without '/' or surrounding spaces")
+    directory = path.parent
+    onnx_path = directory / top.get("onnx", str, expected="the FP32 ONNX file, relative to model.yaml")
+
+    inp = _Reader(path, top.get("input", dict, expected="the input specification"), "input", _INPUT_KEYS)
+    std = inp.triple("std", (1.0, 1.0, 1.0))
+    if any(s == 0 for s in std):
+        inp.fail("input.std", list(std), "three non-zero numbers")
+    input_spec = InputSpec(
+        name=inp.get("name", str, None),
+        layout=inp.choice("layout", ("nchw", "nhwc"), "nchw"),
+        height_px=inp.number("height_px", lo=1, hi=8192, integer=True),
+        width_px=inp.number("width_px", lo=1, hi=8192, integer=True),
+        color_order=inp.choice("color_order", ("rgb", "bgr"), "rgb"),
+        scale=inp.number("scale", 1.0 / 255.0, lo=0.0),
+        mean=inp.triple("mean", (0.0, 0.0, 0.0)),
+        std=std,
+        pad_value=inp.number("pad_value", 114, lo=0, hi=255, integer=True),
+    )
+
+    head = _Reader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)
+    head_spec = HeadSpec(
+        type=head.choice("type", HEAD_TYPES, "auto"),
+        score_threshold=head.number("score_threshold", 0.25, lo=0.0, hi=1.0),
+        iou_threshold=head.number("iou_threshold", 0.45, lo=0.0, hi=1.0),
+        max_detections=head.number("max_detections", 100, lo=1, hi=100000, integer=True),
+        class_agnostic_nms=head.get("class_agnostic_nms", bool, False, "true or false"),
+    )
+
+    classes = top.get("classes", list, [], "a list of class names")
+    if not all(isinstance(c, str) and c for c in classes):
+        top.fail("classes", classes, "a list of non-empty strings")
+    if len(set(classes)) != len(classes):
+        top.fail("classes", classes, "distinct class names")
+    if head_spec.type in ("yolov8", "yolov5") and not classes:
+        top.fail("classes", classes, f"a non-empty list for head type '{head_spec.type}'")
+
+    artifacts_raw = top.get("artifacts", dict, {}, "a mapping of precision to file")
+    artifacts: dict[str, Path] = {}
+    for precision, file in artifacts_raw.items():
+        if precision not in PRECISIONS or precision == "fp32":
+            top.fail(f"artifacts.{precision}", file, f"a key among {[p for p in PRECISIONS if p != 'fp32']}"
+                     " (fp32 is the 'onnx' key)")
+        if not isinstance(file, str):
+            top.fail(f"artifacts.{precision}", file, "a file name relative to model.yaml")
+        artifacts[precision] = directory / file
+
+    return ModelConfig(
+        name=name,
+        directory=directory,
+        onnx_path=onnx_path,
+        input=input_spec,
+        head=head_spec,
+        class_names=tuple(classes),
+        max_batch_size=top.number("max_batch_size", 8, lo=1, hi=1024, integer=True),
+        max_frame_pixels=top.number("max_frame_pixels", 3840 * 2160, lo=1, integer=True),
+        artifacts=artifacts,
+        source_file=path,
+    )

@@ -1,0 +1,153 @@
+"""In-process detection: frames -> preprocess -> backend -> head -> detections in frame pixels.
+
+This is the one place a frame's path is written; the CLI (and later the gRPC services and the
+benchmark) are adapters over :class:`Detector`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.backends import Backend, BackendOptions, backend_class
+from trtserve.config import ModelConfig
+from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
+from trtserve.heads import Detections, Head, Thresholds, make_head
+from trtserve.vision.frames import check_frame, decode_image
+from trtserve.vision.preprocess import Preprocessor
+
+logger = logging.getLogger(__name__)
+
+Frame = NDArray[np.uint8] | bytes
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The answer for one frame: detections, or the error that failed this frame alone."""
+
+    detections: Detections | None
+    error: TrtserveError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Detector:
+    """A loaded model ready to detect. Create with :meth:`open`; release with :meth:`close`."""
+
+    def __init__(self, config: ModelConfig, backend: Backend, precision: str) -> None:
+        self.config = config
+        self.backend = backend
+        self.precision = precision
+        self.preprocessor = Preprocessor(config.input)
+        self.head: Head
+        self.input_name: str
+        self._check_io()
+        self.thresholds = Thresholds.from_spec(config.head)
+
+    @classmethod
+    def open(cls, config: ModelConfig, precision: str = "fp32", backend: str = "onnxruntime",
+             options: BackendOptions | None = None) -> Detector:
+        """Load ``config``'s artifact for ``precision`` on ``backend``; raises ModelLoadError/ConfigError."""
+        model_path = config.artifact(precision)
+        loaded = backend_class(backend)(model_path, options).load()
+        try:
+            return cls(config, loaded, precision)
+        except Exception:
+            loaded.close()
+            raise
+
+    def _check_io(self) -> None:
+        where = f"{self.config.source_file} ({self.backend.model_path.name})"
+        inputs = self.backend.inputs
+        names = [t.name for t in inputs]
+        wanted = self.config.input.name
+        if wanted is None and len(inputs) != 1:
+            raise ModelLoadError(f"{where}: the model has inputs {names}; set input.name in model.yaml")
+        if wanted is not None and wanted not in names:
+            raise ModelLoadError(f"{where}: key 'input.name' is {wanted!r} but the model's inputs are {names}")
+        info = next(t for t in inputs if t.name == (wanted or names[0]))
+        self.input_name = info.name
+        spec = self.config.input
+        expected_hw = (spec.height_px, spec.width_px)
+        if len(info.shape) != 4:
+            raise ModelLoadError(f"{where}: input '{info.name}' has rank {len(info.shape)}; "
+                                 "expected a 4-D image batch")
+        hw = info.shape[2:4] if spec.layout == "nchw" else info.shape[1:3]
+        channels = info.shape[1] if spec.layout == "nchw" else info.shape[3]
+        if channels not in (None, 3):
+            raise ModelLoadError(f"{where}: input '{info.name}' of shape {list(info.shape)} does not have 3 "
+                                 f"channels in layout {spec.layout}; fix input.layout in model.yaml")
+        if any(d is not None and d != e for d, e in zip(hw, expected_hw, strict=False)):
+            raise ModelLoadError(f"{where}: input '{info.name}' is {list(info.shape)} but model.yaml says "
+                                 f"{spec.height_px}x{spec.width_px} ({spec.layout}); fix input.height_px/width_px")
+        batch_dim = info.shape[0]
+        if batch_dim is not None and batch_dim < self.config.max_batch_size:
+            raise ModelLoadError(f"{where}: the model has a fixed batch of {batch_dim} but max_batch_size is "
+                                 f"{self.config.max_batch_size}; re-export with a dynamic batch or lower "
+                                 "max_batch_size")
+        self.fixed_batch = batch_dim
+        self.preprocessor = Preprocessor(spec, info.dtype if info.dtype.kind == "f" else np.dtype(np.float32))
+        self.head = make_head(self.config.head, len(self.config.class_names),
+                              [t.shape for t in self.backend.outputs], where)
+
+    def prepare(self, frame: Frame) -> NDArray[np.uint8]:
+        """Decode (bytes) or check (array) one frame; raises InvalidFrameError."""
+        if isinstance(frame, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(frame), self.config.max_frame_pixels)
+        return check_frame(frame, self.config.max_frame_pixels)
+
+    def infer_batch(self, frames: list[NDArray[np.uint8]], thresholds: Thresholds | None = None
+                    ) -> list[Detections]:
+        """Run checked frames (at most max_batch_size) through the model; errors fail the whole batch."""
+        if not 0 < len(frames) <= self.config.max_batch_size:
+            raise InvalidFrameError(f"batch of {len(frames)} frames; expected 1..{self.config.max_batch_size}")
+        tensor, geometries = self.preprocessor.batch(frames)
+        if self.fixed_batch is not None and tensor.shape[0] < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - tensor.shape[0], *tensor.shape[1:]), tensor.dtype)
+            tensor = np.concatenate([tensor, pad])
+        outputs = self.backend.infer({self.input_name: tensor})
+        outputs = {k: v[: len(frames)] for k, v in outputs.items()}
+        return self.head.decode(outputs, geometries, thresholds or self.thresholds)
+
+    def detect(self, frames: Sequence[Frame], thresholds: Thresholds | None = None) -> list[FrameResult]:
+        """Detect on any number of frames; a bad frame fails alone, a failing batch fails its frames only."""
+        results: list[FrameResult | None] = [None] * len(frames)
+        good: list[tuple[int, NDArray[np.uint8]]] = []
+        for i, frame in enumerate(frames):
+            try:
+                good.append((i, self.prepare(frame)))
+            except TrtserveError as exc:
+                results[i] = FrameResult(None, exc)
+        step = self.config.max_batch_size
+        for start in range(0, len(good), step):
+            chunk = good[start : start + step]
+            try:
+                detections = self.infer_batch([f for _, f in chunk], thresholds)
+                for (i, _), det in zip(chunk, detections, strict=False):
+                    results[i] = FrameResult(det)
+            except TrtserveError as exc:
+                logger.warning("batch of %d frames failed: %s", len(chunk), exc)
+                for i, _ in chunk:
+                    results[i] = FrameResult(None, exc)
+        return [r for r in results if r is not None]
+
+    def with_thresholds(self, score: float | None = None, iou: float | None = None,
+                        max_detections: int | None = None) -> Thresholds:
+        t = self.thresholds
+        return replace(t, score=t.score if score is None else score, iou=t.iou if iou is None else iou,
+                       max_detections=t.max_detections if max_detections is None else max_detections)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""The exception hierarchy of trtserve.
+
+Two families, as operators need them apart: :class:`RequestError` means one request (or one frame)
+failed and the server goes on; :class:`ServerError` means a model or the server cannot go on.
+Each class names its gRPC status code (by name, so that this module never imports grpc); the
+serving layer maps codes in exactly one place.
+"""
+
+from __future__ import annotations
+
+
+class TrtserveError(Exception):
+    """Base of every error trtserve raises on purpose. ``str(err)`` is the user-facing message."""
+
+    grpc_code: str = "INTERNAL"
+
+
+class RequestError(TrtserveError):
+    """One request failed; the server keeps serving."""
+
+
+class InvalidFrameError(RequestError):
+    """A frame could not be decoded or has a shape, dtype or size the model cannot take."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFoundError(RequestError):
+    grpc_code = "NOT_FOUND"
+
+
+class ServerError(TrtserveError):
+    """A model or the server cannot go on (bad configuration, a model that will not load)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class ConfigError(ServerError):
+    """A configuration file is invalid. The message names the file, the key, the value and what was expected."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class ModelLoadError(ServerError):
+    """A model file is missing, corrupt, or does not match its configuration."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class BackendError(ServerError):
+    """The inference backend failed while running a batch."""
+
+    grpc_code = "INTERNAL"

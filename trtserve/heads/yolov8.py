@@ -1,0 +1,27 @@
+"""Ultralytics YOLOv8 / YOLO11 layout: one output ``[B, 4 + nc, N]`` (cx, cy, w, h, class scores)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trtserve.heads.base import Detections, Head, Outputs, Thresholds, cxcywh_to_xyxy, single_output
+from trtserve.vision.letterbox import Letterbox
+
+
+class YoloV8Head(Head):
+    type = "yolov8"
+
+    @classmethod
+    def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:
+        return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and output_shapes[0][1] == 4 + num_classes
+
+    def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
+        out = single_output(outputs)
+        result = []
+        for pred, geometry in zip(out, geometries, strict=False):
+            pred = pred.T  # [N, 4 + nc]
+            cls_scores = pred[:, 4:]
+            class_ids = cls_scores.argmax(1)
+            scores = cls_scores[np.arange(len(pred)), class_ids]
+            result.append(self.finish(cxcywh_to_xyxy(pred[:, :4]), scores, class_ids, geometry, thresholds))
+        return result

@@ -1,0 +1,44 @@
+"""Batch assembly: letterbox frames into one reused uint8 buffer, then normalize in one vectorized step."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.config import InputSpec
+from trtserve.vision.letterbox import Letterbox, letterbox
+
+
+class Preprocessor:
+    """Turns BGR uint8 frames into the model's input tensor as ``model.yaml`` describes it."""
+
+    def __init__(self, spec: InputSpec, dtype: np.dtype | None = None) -> None:
+        self.spec = spec
+        self.dtype = dtype if dtype is not None else np.dtype(np.float32)
+        self._mean = np.array(spec.mean, np.float32)
+        self._inv_std = 1.0 / np.array(spec.std, np.float32)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return (self.spec.height_px, self.spec.width_px)
+
+    def letterbox_one(self, frame: NDArray[np.uint8], out: NDArray[np.uint8] | None = None
+                      ) -> tuple[NDArray[np.uint8], Letterbox]:
+        return letterbox(frame, self.input_hw, self.spec.pad_value, out)
+
+    def to_tensor(self, letterboxed: NDArray[np.uint8]) -> NDArray[np.floating]:
+        """``[B, H, W, 3]`` BGR uint8 -> the model's layout, colour order and normalization (new array)."""
+        x = letterboxed[..., ::-1] if self.spec.color_order == "rgb" else letterboxed
+        x = x.astype(np.float32) * np.float32(self.spec.scale)
+        if self.spec.mean != (0.0, 0.0, 0.0) or self.spec.std != (1.0, 1.0, 1.0):
+            x = (x - self._mean) * self._inv_std
+        if self.spec.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def batch(self, frames: list[NDArray[np.uint8]]) -> tuple[NDArray[np.floating], list[Letterbox]]:
+        """Letterbox and normalize ``frames`` into one input tensor; returns it with each frame's geometry."""
+        h, w = self.input_hw
+        staging = np.empty((len(frames), h, w, 3), np.uint8)
+        geometries = [self.letterbox_one(f, staging[i])[1] for i, f in enumerate(frames)]
+        return self.to_tensor(staging), geometries
