@@ -66,7 +66,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         results = detector.detect(blobs, thresholds)
         payload, lines, failed = [], [], 0
         names = detector.config.class_names
-        for path, blob, result in zip(args.images, blobs, results, strict=False):
+        for path, blob, result in zip(args.images, blobs, results):
             if result.detections is None:
                 failed += 1
                 reason = "cannot read file" if not blob else str(result.error)
@@ -76,7 +76,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             det = result.detections
             items = [{"label": names[int(c)], "class_id": int(c), "score": round(float(s), 4),
                       "box_xyxy": [round(float(v), 1) for v in b]}
-                     for b, s, c in zip(det.boxes_xyxy, det.scores, det.class_ids, strict=False)]
+                     for b, s, c in zip(det.boxes_xyxy, det.scores, det.class_ids)]
             payload.append({"image": path, "detections": items})
             lines.append(f"{path}: {len(items)} detections")
             lines += [f"  {d['label']:<10} {d['score']:.2f} {d['box_xyxy']}" for d in items]
@@ -112,6 +112,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
     text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
     _emit(s, args.json, text)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trtserve.benchmark import throughput
+
+    with _detector(args) as detector:
+        rows = throughput(detector, args.batch, args.repeats)
+    lines = [f"{detector.config.name} {detector.precision} on {detector.backend.name} (640x480 frames, "
+             f"median of {args.repeats})"]
+    lines += [f"batch {r['batch']:>3}: raw backend {r['raw_backend_fps']:>8} frames/s   end to end "
+              f"{r['end_to_end_fps']:>8} frames/s   efficiency {r['efficiency']:.3f}   "
+              f"x{r['speedup_vs_first']} vs batch {rows[0]['batch']}" for r in rows]
+    _emit(rows, args.json, "\n".join(lines))
     return 0
 
 
@@ -152,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.set_defaults(func=cmd_demo)
+    p = model_command("bench", "in-process throughput: raw backend vs end to end, per batch size")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -73,7 +73,7 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
             t0 = time.perf_counter()
             results = detector.detect(batch)
             compute_s += time.perf_counter() - t0
-            for frame, result in zip(batch, results, strict=False):
+            for frame, result in zip(batch, results):
                 if result.detections is None:
                     raise RuntimeError(f"demo frame {frames} failed: {result.error}")
                 det = result.detections

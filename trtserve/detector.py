@@ -83,7 +83,7 @@ class Detector:
         if channels not in (None, 3):
             raise ModelLoadError(f"{where}: input '{info.name}' of shape {list(info.shape)} does not have 3 "
                                  f"channels in layout {spec.layout}; fix input.layout in model.yaml")
-        if any(d is not None and d != e for d, e in zip(hw, expected_hw, strict=False)):
+        if any(d is not None and d != e for d, e in zip(hw, expected_hw)):
             raise ModelLoadError(f"{where}: input '{info.name}' is {list(info.shape)} but model.yaml says "
                                  f"{spec.height_px}x{spec.width_px} ({spec.layout}); fix input.height_px/width_px")
         batch_dim = info.shape[0]
@@ -113,6 +113,10 @@ class Detector:
             tensor = np.concatenate([tensor, pad])
         outputs = self.backend.infer({self.input_name: tensor})
         outputs = {k: v[: len(frames)] for k, v in outputs.items()}
+        shapes = [tuple(int(d) for d in v.shape) for v in outputs.values()]
+        if not self.head.accepts(shapes, len(self.config.class_names)):  # dynamic dims are known only now
+            raise ModelLoadError(f"{self.config.source_file}: head.type '{self.head.type}' does not match the "
+                                 f"output shapes {shapes} the model produced; fix head.type or classes")
         return self.head.decode(outputs, geometries, thresholds or self.thresholds)
 
     def detect(self, frames: Sequence[Frame], thresholds: Thresholds | None = None) -> list[FrameResult]:
@@ -129,7 +133,7 @@ class Detector:
             chunk = good[start : start + step]
             try:
                 detections = self.infer_batch([f for _, f in chunk], thresholds)
-                for (i, _), det in zip(chunk, detections, strict=False):
+                for (i, _), det in zip(chunk, detections):
                     results[i] = FrameResult(det)
             except TrtserveError as exc:
                 logger.warning("batch of %d frames failed: %s", len(chunk), exc)

@@ -17,7 +17,7 @@ from trtserve.synthetic import Scene, evaluation_set
 logger = logging.getLogger(__name__)
 
 EVAL_SCORE_THRESHOLD = 0.001  # mAP integrates over the whole precision/recall curve
-EVAL_MAX_DETECTIONS = 300
+EVAL_MAX_DETECTIONS = 100  # COCOeval summarizes AP at maxDets=100
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ def coco_map(scenes: list[Scene], predictions: list[tuple[np.ndarray, np.ndarray
     images: list[dict[str, object]] = []
     annotations: list[dict[str, object]] = []
     dets: list[dict[str, object]] = []
-    for i, (scene, (boxes, scores, classes)) in enumerate(zip(scenes, predictions, strict=False)):
+    for i, (scene, (boxes, scores, classes)) in enumerate(zip(scenes, predictions)):
         h, w = scene.image_bgr.shape[:2]
         images.append({"id": i, "width": w, "height": h})
-        for b, c in zip(scene.boxes_xyxy.tolist(), scene.class_ids.tolist(), strict=False):
+        for b, c in zip(scene.boxes_xyxy.tolist(), scene.class_ids.tolist()):
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c),
                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                                 "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
-        for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=False):
+        for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
             dets.append({"image_id": i, "category_id": int(c), "score": float(s),
                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -61,7 +61,6 @@ def coco_map(scenes: list[Scene], predictions: list[tuple[np.ndarray, np.ndarray
             return 0.0, 0.0
         found = truth.loadRes(dets)
         ev = COCOeval(truth, found, "bbox")
-        ev.params.maxDets = [1, 10, EVAL_MAX_DETECTIONS]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

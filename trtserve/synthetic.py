@@ -240,13 +240,13 @@ def render_scene(seed: int, index: int, frame_wh: tuple[int, int] | None = None)
             continue
         # Later shapes cover earlier ones: refuse a placement that would hide too much of one.
         if any(float((v * (1 - mask)).sum()) < MIN_VISIBLE_FRACTION * float(m.sum())
-               for v, m in zip(visible, masks, strict=False)):
+               for v, m in zip(visible, masks)):
             continue
         visible = [v * (1 - mask) for v in visible]
         specs.append(spec)
         masks.append(mask)
         visible.append(mask.copy())
-    for spec, mask in zip(specs, masks, strict=False):
+    for spec, mask in zip(specs, masks):
         _paint(canvas, spec, mask, rng)
     image = _lighting(rng, canvas)
     boxes = np.array([shape_box(s) for s in specs], dtype=np.float64).reshape(-1, 4)
@@ -271,7 +271,7 @@ def write_coco(scenes: list[Scene], directory: Path) -> Path:
         cv2.imwrite(str(directory / name), scene.image_bgr)
         h, w = scene.image_bgr.shape[:2]
         images.append({"id": i, "file_name": name, "width": w, "height": h})
-        for box, cls in zip(scene.boxes_xyxy.tolist(), scene.class_ids.tolist(), strict=False):
+        for box, cls in zip(scene.boxes_xyxy.tolist(), scene.class_ids.tolist()):
             x0, y0, x1, y1 = box
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(cls),
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),

@@ -105,3 +105,9 @@ def test_auto_detection_refuses_ambiguity() -> None:
         make_head(SPEC, 1, [(None, 6, 6)])
     with pytest.raises(ModelLoadError, match="matching head types: none"):
         make_head(SPEC, 3, [(None, 9, 9)])
+
+
+def test_dynamic_output_dims_need_an_explicit_head_type() -> None:
+    with pytest.raises(ModelLoadError, match="cannot pick a head"):
+        make_head(SPEC, 6, [(None, None, None)])
+    assert make_head(spec("yolov8"), 6, [(None, None, None)]).type == "yolov8"

@@ -76,7 +76,7 @@ class Backend(abc.ABC):
             if array.dtype != info.dtype:
                 raise InvalidFrameError(f"input '{name}' has dtype {array.dtype}; the model expects {info.dtype}")
             if array.ndim != len(info.shape) or any(
-                    d is not None and d != a for d, a in zip(info.shape, array.shape, strict=False)):
+                    d is not None and d != a for d, a in zip(info.shape, array.shape)):
                 raise InvalidFrameError(f"input '{name}' has shape {list(array.shape)}; the model expects "
                                         f"{['?' if d is None else d for d in info.shape]}")
         try:

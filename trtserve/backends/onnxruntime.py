@@ -63,7 +63,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
         names = [t.name for t in self._outputs]
-        return dict(zip(names, self._session.run(names, feeds), strict=False))
+        return dict(zip(names, self._session.run(names, feeds)))
 
     def _close(self) -> None:
         del self._session

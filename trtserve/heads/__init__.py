@@ -19,7 +19,9 @@ def make_head(spec: HeadSpec, num_classes: int, output_shapes: list[tuple[int | 
     """Build the configured head, checking it against the outputs; ``auto`` picks the only matching one."""
     shapes = [tuple(s) for s in output_shapes]
     if spec.type == "auto":
-        matching = [h for h in _DETECTING if h.accepts(shapes, num_classes)]
+        # only dims known now count: a dynamic dim would let every layout "fit"
+        known: list[tuple[int | None, ...]] = [tuple(-1 if d is None else d for d in s) for s in shapes]
+        matching = [h for h in _DETECTING if h.accepts(known, num_classes)]
         if len(matching) != 1:
             found = [h.type for h in matching] or "none"
             raise ModelLoadError(

@@ -80,6 +80,11 @@ class Head(abc.ABC):
                           cls[order].astype(np.int64))
 
 
+def dim_is(dim: int | None, value: int) -> bool:
+    """A dimension matches ``value`` when it equals it or is dynamic (``None``: known only at run time)."""
+    return dim is None or dim == value
+
+
 def single_output(outputs: Outputs) -> NDArray[np.float32]:
     (array,) = outputs.values()
     return np.asarray(array, dtype=np.float32)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trtserve.heads.base import Detections, Head, Outputs, Thresholds, single_output
+from trtserve.heads.base import Detections, Head, Outputs, Thresholds, dim_is, single_output
 from trtserve.vision.letterbox import Letterbox
 
 
@@ -11,10 +11,10 @@ class EndToEndHead(Head):
 
     @classmethod
     def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:
-        return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and output_shapes[0][2] == 6
+        return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and dim_is(output_shapes[0][2], 6)
 
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
         out = single_output(outputs)
         return [self.finish(pred[:, :4], pred[:, 4], pred[:, 5].round().astype("int64"), geometry, thresholds,
                             suppress=False)  # the model already suppressed duplicates
-                for pred, geometry in zip(out, geometries, strict=False)]
+                for pred, geometry in zip(out, geometries)]

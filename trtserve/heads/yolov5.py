@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtserve.heads.base import Detections, Head, Outputs, Thresholds, cxcywh_to_xyxy, single_output
+from trtserve.heads.base import Detections, Head, Outputs, Thresholds, cxcywh_to_xyxy, dim_is, single_output
 from trtserve.vision.letterbox import Letterbox
 
 
@@ -13,12 +13,12 @@ class YoloV5Head(Head):
 
     @classmethod
     def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:
-        return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and output_shapes[0][2] == 5 + num_classes
+        return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and dim_is(output_shapes[0][2], 5 + num_classes)
 
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
         out = single_output(outputs)
         result = []
-        for pred, geometry in zip(out, geometries, strict=False):
+        for pred, geometry in zip(out, geometries):
             cls_scores = pred[:, 5:] * pred[:, 4:5]  # confidence = objectness * class probability
             class_ids = cls_scores.argmax(1)
             scores = cls_scores[np.arange(len(pred)), class_ids]

@@ -92,9 +92,9 @@ class ShapesDetector(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         feats = self.features(x)
         b = x.shape[0]
-        box = torch.cat([br(f).reshape(b, 4 * REG_MAX, -1) for br, f in zip(self.box_branch, feats, strict=False)], 2)
+        box = torch.cat([br(f).reshape(b, 4 * REG_MAX, -1) for br, f in zip(self.box_branch, feats)], 2)
         cls = torch.cat([br(f).reshape(b, self.num_classes, -1)
-                         for br, f in zip(self.cls_branch, feats, strict=False)], 2)
+                         for br, f in zip(self.cls_branch, feats)], 2)
         if not self.export_mode:
             return box, cls
         anchors, strides = make_anchors(x.shape[2], x.shape[3])
@@ -234,6 +234,21 @@ def export_onnx(model: ShapesDetector, path: Path) -> None:
     torch.onnx.export(m, (dummy,), str(path), input_names=["images"], output_names=["output0"],
                       dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
                       opset_version=17, do_constant_folding=True, dynamo=False)
+    fix_output_dims(path, 4 + model.num_classes, int(make_anchors(INPUT_SIZE_PX, INPUT_SIZE_PX)[0].shape[0]))
+
+
+def fix_output_dims(path: Path, rows: int, anchors: int) -> None:
+    """Record the static output dims (the exporter leaves them symbolic) so heads can be checked at load."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[1].Clear()
+    dims[1].dim_value = rows
+    dims[2].Clear()
+    dims[2].dim_value = anchors
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def main() -> None:
@@ -292,7 +307,7 @@ def main() -> None:
             opt.step()
             decay = 0.999 * (1 - math.exp(-step / 500))
             with torch.no_grad():
-                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=False):
+                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
                     if pe.dtype.is_floating_point:
                         pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
                     else:

@@ -18,7 +18,7 @@ def _color(class_id: int) -> tuple[int, int, int]:
 def annotate(frame: NDArray[np.uint8], detections: Detections, class_names: tuple[str, ...]) -> NDArray[np.uint8]:
     """A copy of ``frame`` with boxes and ``label score`` drawn on it."""
     out = frame.copy()
-    for box, score, cls in zip(detections.boxes_xyxy, detections.scores, detections.class_ids, strict=False):
+    for box, score, cls in zip(detections.boxes_xyxy, detections.scores, detections.class_ids):
         x0, y0, x1, y1 = (round(float(v)) for v in box)
         color = _color(int(cls))
         cv2.rectangle(out, (x0, y0), (x1, y1), color, 2)

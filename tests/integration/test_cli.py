@@ -1,0 +1,96 @@
+"""The ``trtserve`` command line, in process (``main``) and once as a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from trtserve.cli import main
+from trtserve.demo import SAMPLE_FRAMES
+from trtserve.synthetic import render_scene
+
+from ..conftest import ENGINES, ROOT
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--repository", str(ENGINES), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "--json")
+    rows = json.loads(out)
+    assert code == 0
+    shapes = next(r for r in rows if r["name"] == "shapes")
+    assert shapes["head"] == "yolov8" and "fp32" in shapes["precisions"]
+
+
+def test_detect_json_and_annotated_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scene = render_scene(3, 1)
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), scene.image_bgr)
+    out_image = tmp_path / "annotated.jpg"
+    code, out, _ = run(capsys, "detect", str(image), "--json", "--out", str(out_image))
+    assert code == 0
+    (item,) = json.loads(out)
+    assert len(item["detections"]) >= 1
+    assert {d["label"] for d in item["detections"]} <= {"circle", "square", "triangle", "star", "cross", "ring"}
+    assert cv2.imread(str(out_image)).shape == scene.image_bgr.shape
+
+
+def test_detect_bad_image_fails_that_image_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    cv2.imwrite(str(good), render_scene(3, 2).image_bgr)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, out, _ = run(capsys, "detect", str(good), str(bad), str(tmp_path / "absent.png"), "--json")
+    items = json.loads(out)
+    assert code == 2
+    assert "detections" in items[0]
+    assert "could not decode" in items[1]["error"] and "cannot read file" in items[2]["error"]
+
+
+def test_unknown_model_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "eval", "--model", "nope")
+    assert code == 2
+    assert err.startswith("trtserve: error: no model 'nope'") and "Traceback" not in err
+
+
+def test_user_error_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    bad_repo = tmp_path / "repo" / "broken"
+    bad_repo.mkdir(parents=True)
+    (bad_repo / "model.yaml").write_text("name: broken\nonnx: model.onnx\ninput: {height_px: 64}\n")
+    proc = subprocess.run([sys.executable, "-m", "trtserve.cli", "--repository", str(tmp_path / "repo"),
+                           "eval", "--model", "broken"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "missing required key 'input.width_px'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "eval", "--json", "--images", "20")
+    result = json.loads(out)
+    assert code == 0 and result["images"] == 20
+    assert 0.0 <= result["map50_95"] <= result["map50"] <= 1.0
+
+
+def test_demo_writes_video_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert summary["frames"] == SAMPLE_FRAMES
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    cap = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == SAMPLE_FRAMES
+    cap.release()
+    assert summary["ground_truth"]["f1_iou50"] > 0.8
+
+
+def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "bench", "--batch", "1", "3", "--repeats", "2", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["batch"] for r in rows] == [1, 3]
+    assert all(r["raw_backend_fps"] > 0 and r["end_to_end_fps"] > 0 and r["efficiency"] > 0 for r in rows)
