@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,9 @@ def throughput(detector: Detector, batch_sizes: list[int], repeats: int = 20) ->
     for batch in batch_sizes:
         tensor, _ = detector.preprocessor.batch(frames[:batch])
         feeds = {detector.input_name: tensor}
-        raw_s = median_seconds(lambda feeds=feeds: detector.backend.infer(feeds), repeats)
-        e2e_s = median_seconds(lambda batch=batch: detector.detect(frames[:batch]), repeats)
+        chunk = frames[:batch]
+        raw_s = median_seconds(partial(detector.backend.infer, feeds), repeats)
+        e2e_s = median_seconds(partial(detector.detect, chunk), repeats)
         rows.append({"batch": batch, "raw_backend_fps": round(batch / raw_s, 1),
                      "end_to_end_fps": round(batch / e2e_s, 1),
                      "efficiency": round(raw_s / e2e_s, 3),

@@ -113,7 +113,7 @@ class Detector:
             tensor = np.concatenate([tensor, pad])
         outputs = self.backend.infer({self.input_name: tensor})
         outputs = {k: v[: len(frames)] for k, v in outputs.items()}
-        shapes = [tuple(int(d) for d in v.shape) for v in outputs.values()]
+        shapes: list[tuple[int | None, ...]] = [tuple(int(d) for d in v.shape) for v in outputs.values()]
         if not self.head.accepts(shapes, len(self.config.class_names)):  # dynamic dims are known only now
             raise ModelLoadError(f"{self.config.source_file}: head.type '{self.head.type}' does not match the "
                                  f"output shapes {shapes} the model produced; fix head.type or classes")
