@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from trtserve.detector import Detector
 from trtserve.synthetic import render_scene
@@ -32,7 +33,7 @@ def throughput(detector: Detector, batch_sizes: list[int], repeats: int = 20) ->
     rows = []
     for batch in batch_sizes:
         tensor, _ = detector.preprocessor.batch(frames[:batch])
-        feeds = {detector.input_name: tensor}
+        feeds: dict[str, NDArray[np.generic]] = {detector.input_name: tensor}
         chunk = frames[:batch]
         raw_s = median_seconds(partial(detector.backend.infer, feeds), repeats)
         e2e_s = median_seconds(partial(detector.detect, chunk), repeats)
