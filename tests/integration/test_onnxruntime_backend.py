@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from trtserve.backends import BackendOptions, backend_class
+from trtserve.errors import InvalidFrameError, ModelLoadError
+
+from ..conftest import ENGINES
+
+MODEL = ENGINES / "shapes" / "model.onnx"
+
+
+def test_metadata_and_dynamic_batch() -> None:
+    with backend_class("onnxruntime")(MODEL, BackendOptions(intra_op_threads=1, graph_optimization="basic")) as b:
+        (inp,) = b.inputs
+        (out,) = b.outputs
+        assert (inp.name, inp.dtype, inp.shape) == ("images", np.dtype(np.float32), (None, 3, 256, 256))
+        assert out.shape == (None, 10, 1344)
+        for batch in (1, 3):
+            result = b.infer({"images": np.zeros((batch, 3, 256, 256), np.float32)})
+            assert result["output0"].shape == (batch, 10, 1344)
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"pixels": np.zeros((1, 3, 256, 256), np.float32)}, "do not match the model's"),
+    ({"images": np.zeros((1, 3, 256, 256), np.float64)}, "dtype float64"),
+    ({"images": np.zeros((1, 3, 128, 256), np.float32)}, r"shape \[1, 3, 128, 256\]"),
+])
+def test_bad_feeds_are_rejected_before_the_runtime(feeds: dict, message: str) -> None:
+    with backend_class("onnxruntime")(MODEL) as b, pytest.raises(InvalidFrameError, match=message):
+        b.infer(feeds)
+
+
+def test_unavailable_provider_and_unknown_settings() -> None:
+    with pytest.raises(ModelLoadError, match="not available here"):
+        backend_class("onnxruntime")(MODEL, BackendOptions(providers=("NoSuchExecutionProvider",))).load()
+    with pytest.raises(ModelLoadError, match="graph_optimization 'max'"):
+        backend_class("onnxruntime")(MODEL, BackendOptions(graph_optimization="max")).load()
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
+        backend_class("tensorflow")
+
+
+def test_use_before_load_is_a_programming_error() -> None:
+    b = backend_class("onnxruntime")(MODEL)
+    with pytest.raises(RuntimeError, match="before load"):
+        _ = b.inputs

@@ -1,0 +1,10 @@
+import subprocess
+import sys
+
+
+def test_importing_the_library_loads_no_inference_runtime() -> None:
+    code = ("import sys, trtserve, trtserve.detector, trtserve.cli, trtserve.backends; "
+            "heavy = [m for m in ('onnxruntime', 'tensorrt', 'torch', 'cuda') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
