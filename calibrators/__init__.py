@@ -1,5 +1,7 @@
-"""INT8 calibration for ONNX detectors (entropy / minmax / percentile; Q/DQ ONNX and TensorRT caches).
+"""INT8 calibration for ONNX detectors, a library of its own (it never imports ``trtserve``).
 
-A library of its own: it never imports ``trtserve``. The calibration code itself is tracked in the
-calibrators issue; this package currently only reserves the name in the distribution.
+Present so far: streaming |x| histograms (:mod:`calibrators.histogram`), range methods
+(:mod:`calibrators.methods`: entropy with TensorRT EntropyCalibration2 semantics, minmax,
+percentile) and TensorRT calibration cache files (:mod:`calibrators.trt_cache`). Collecting
+activations from an ONNX model and writing the Q/DQ ONNX are still to come.
 """
