@@ -1,0 +1,132 @@
+"""Write an explicitly quantized (Q/DQ) ONNX model: symmetric int8, zero point 0, opset >= 13.
+
+Activations: QuantizeLinear -> DequantizeLinear per tensor, scale = amax / 127. Weights: stored as
+int8 per output channel (round half to even, clipped to [-127, 127]) behind a DequantizeLinear with
+the channel axis (0 for Conv and Gemm with transB, 1 for ConvTranspose, Gemm without transB and
+MatMul). Biases stay float. Runs on ONNX Runtime's CPU provider and builds on TensorRT 10/11.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from calibrators.graph import Plan
+
+INT8_MAX = 127.0
+
+
+def weight_axis(node: onnx.NodeProto) -> int:
+    """The output-channel axis of a weighted node's weight."""
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return 1
+    return 0
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 weights and their float32 scales."""
+    moved = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)  # half to even
+    return q, scale
+
+
+def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
+    """A new model with Q/DQ inserted as ``plan`` says; ``amax`` must cover ``plan.activations``."""
+    missing = [t for t in plan.activations if t not in amax]
+    if missing:
+        raise ValueError(f"no calibrated range for tensors {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+                         "calibrate with the same placement profile and exclusions")
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    weighted = set(plan.weighted_nodes)
+    excluded = set(plan.excluded_nodes)
+    quantized_inputs = set(plan.activations)
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+
+    def activation_qdq(tensor: str) -> str:
+        base = tensor.replace("/", "_").strip("_")
+        scale = numpy_helper.from_array(np.array(amax[tensor] / INT8_MAX, np.float32), f"{base}_scale")
+        zero = numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point")
+        new_inits.extend([scale, zero])
+        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, scale.name, zero.name], [f"{base}_q"],
+                                          name=f"{base}_QuantizeLinear"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_q", scale.name, zero.name],
+                                          [f"{base}_dq"], name=f"{base}_DequantizeLinear"))
+        return f"{base}_dq"
+
+    dq_of = {t: activation_qdq(t) for t in plan.activations}
+    for node in graph.node:
+        if node.name in excluded:
+            continue
+        takes_quantized = node.name in weighted or (
+            node.op_type == "Add" and all(i not in inits for i in node.input)
+            and any(i in quantized_inputs for i in node.input))
+        if plan.profile == "onnxruntime":
+            takes_quantized = True
+        if not takes_quantized:
+            continue
+        for k, name in enumerate(node.input):
+            if name in dq_of and not (node.name in weighted and k > 0):
+                node.input[k] = dq_of[name]
+        if node.name in weighted:
+            w_name = node.input[1]
+            w = numpy_helper.to_array(inits[w_name])
+            axis = weight_axis(node)
+            q, scale = quantize_weight(w, axis)
+            base = f"{node.name.replace('/', '_').strip('_')}_weight"
+            new_inits += [numpy_helper.from_array(q, f"{base}_int8"),
+                          numpy_helper.from_array(scale, f"{base}_scale"),
+                          numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")]
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale",
+                                                                   f"{base}_zero_point"], [f"{base}_dq"],
+                                              name=f"{base}_DequantizeLinear", axis=axis))
+            node.input[1] = f"{base}_dq"
+    # the float weights that were replaced are no longer used
+    used = {i for n in list(graph.node) + new_nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    # Q/DQ nodes first keeps a valid topological order only after sorting; place each before its consumers
+    ordered = _toposort(list(graph.node) + new_nodes, {i.name for i in graph.input} | {i.name for i in kept}
+                        | {i.name for i in new_inits})
+    del graph.node[:]
+    graph.node.extend(ordered)
+    for opset in out.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 13:
+            opset.version = 13
+    onnx.checker.check_model(out)
+    return out
+
+
+def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    ready = set(available) | {""}
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progressed = []
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                progressed.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if not progressed:
+            raise ValueError(f"graph has a cycle or missing inputs near {rest[0].name!r}")
+        ordered += progressed
+        pending = rest
+    return ordered
