@@ -27,6 +27,7 @@ class TensorRange:
     amax: float  # the calibrated symmetric range
     max_abs: float  # the largest |x| seen
     values_seen: int
+    min_value: float  # >= 0: the tensor never went negative on the calibration set
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class CalibrationResult:
 
     def amax(self) -> dict[str, float]:
         return {name: r.amax for name, r in self.ranges.items()}
+
+    def nonnegative(self) -> frozenset[str]:
+        return frozenset(name for name, r in self.ranges.items() if r.min_value >= 0)
 
 
 def prepare_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
@@ -120,7 +124,7 @@ def calibrate(model: onnx.ModelProto | str | Path, feeds: Iterable[Feed], method
         if not amax > 0:
             logger.warning("tensor %s was all zeros on the calibration set; its range falls back to 1.0", name)
             amax = 1.0
-        ranges[name] = TensorRange(amax, hist.max_abs, hist.values_seen)
+        ranges[name] = TensorRange(amax, hist.max_abs, hist.values_seen, hist.min_value)
     seconds = time.monotonic() - t0
     logger.info("calibrated %d tensors (%s, %d samples) in %.1f s", len(ranges), method, samples, seconds)
     return CalibrationResult(method, ranges, plan, batches, samples, seconds)

@@ -120,7 +120,8 @@ def plan_quantization(model: onnx.ModelProto, profile: str = "tensorrt", keep_he
                 nxt = consumers.get(out, [])
                 if len(nxt) == 1 and nxt[0].op_type == "Relu" and nxt[0].name not in excluded:
                     out = nxt[0].output[0]
-                add(out)
+                if all(c.name not in excluded for c in consumers.get(out, [])):  # else nobody reads it
+                    add(out)
         elif node.op_type == "Add" and all(i not in initializers and i in producers for i in node.input):
             # A residual Add: its inputs, so it runs in INT8 -- except an input straight out of a
             # weighted op, which TensorRT fuses into that conv (no Q/DQ on weighted-op outputs).

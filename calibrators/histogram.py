@@ -27,16 +27,19 @@ class AbsHistogram:
     max_abs: float = 0.0
     values_seen: int = 0
     zeros_before_range: int = 0  # values seen while every value so far was 0
+    min_value: float = float("inf")  # the smallest signed value seen (>= 0: a non-negative tensor)
 
     def update(self, values: NDArray[np.floating]) -> None:
         """Add a batch of values (any shape). Non-finite values are rejected with a ValueError."""
-        x = np.abs(np.asarray(values, dtype=np.float32).ravel())
-        if x.size == 0:
+        signed = np.asarray(values, dtype=np.float32).ravel()
+        if signed.size == 0:
             return
+        x = np.abs(signed)
         batch_max = float(x.max())
         if not np.isfinite(batch_max):
             raise ValueError("tensor contains NaN or infinity; check the model and the calibration feeds")
         self.values_seen += int(x.size)
+        self.min_value = min(self.min_value, float(signed.min()))
         self.max_abs = max(self.max_abs, batch_max)
         if self.counts is None:
             if batch_max == 0.0:  # all zeros so far: remember the count, fix the width later

@@ -42,8 +42,28 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
-    """A new model with Q/DQ inserted as ``plan`` says; ``amax`` must cover ``plan.activations``."""
+def activation_quantization(amax: float, profile: str, nonnegative: bool) -> tuple[float, np.ndarray]:
+    """Scale and zero point (as a 0-d array of the quantized type) of one activation tensor.
+
+    ``tensorrt``: int8, zero point 0, scale amax/127 (TensorRT accepts nothing else). ``onnxruntime``:
+    the same range in uint8, the type ONNX Runtime's x86 integer kernels are fastest with: zero point
+    128 (exactly the symmetric int8 grid, shifted), or for a tensor that is never negative (a ReLU
+    output) zero point 0 and scale amax/255 -- which also lets ORT drop the Relu and fuse
+    DQ -> Conv -> Relu -> Q into one integer convolution.
+    """
+    if profile == "tensorrt":
+        return amax / INT8_MAX, np.array(0, np.int8)
+    if nonnegative:
+        return amax / 255.0, np.array(0, np.uint8)
+    return amax / INT8_MAX, np.array(128, np.uint8)
+
+
+def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
+              nonnegative: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """A new model with Q/DQ inserted as ``plan`` says; ``amax`` must cover ``plan.activations``.
+
+    ``nonnegative`` names tensors never negative on the calibration set (used by the onnxruntime profile).
+    """
     missing = [t for t in plan.activations if t not in amax]
     if missing:
         raise ValueError(f"no calibrated range for tensors {missing[:5]}{'...' if len(missing) > 5 else ''}; "
@@ -59,8 +79,9 @@ def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float]) -> 
 
     def activation_qdq(tensor: str) -> str:
         base = tensor.replace("/", "_").strip("_")
-        scale = numpy_helper.from_array(np.array(amax[tensor] / INT8_MAX, np.float32), f"{base}_scale")
-        zero = numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point")
+        scale_value, zero_point = activation_quantization(amax[tensor], plan.profile, tensor in nonnegative)
+        scale = numpy_helper.from_array(np.array(scale_value, np.float32), f"{base}_scale")
+        zero = numpy_helper.from_array(zero_point, f"{base}_zero_point")
         new_inits.extend([scale, zero])
         new_nodes.append(helper.make_node("QuantizeLinear", [tensor, scale.name, zero.name], [f"{base}_q"],
                                           name=f"{base}_QuantizeLinear"))

@@ -1,6 +1,8 @@
 """Calibrate the bundled detector on a few frames and check the Q/DQ models it writes (ONNX Runtime CPU)."""
 
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,6 +36,29 @@ def calibrated(preprocessor: Preprocessor) -> dict[str, CalibrationResult]:
     return {p: calibrate(MODEL, feeds(preprocessor), "entropy", profile=p) for p in ("tensorrt", "onnxruntime")}
 
 
+def test_onnxruntime_profile_becomes_integer_kernels(calibrated: dict[str, CalibrationResult],
+                                                     tmp_path: Path) -> None:
+    result = calibrated["onnxruntime"]
+    qdq = write_qdq(prepare_model(MODEL), result.plan, result.amax(), result.nonnegative())
+    zero_points = {i.name: i for i in qdq.graph.initializer if i.name.endswith("_zero_point")
+                   and not i.name.endswith("_weight_zero_point")}
+    assert {z.data_type for z in zero_points.values()} == {onnx.TensorProto.UINT8}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    # every quantized conv whose output is quantized too became an integer conv (the others feed the
+    # float head convs, whose inputs stay float)
+    consumers = {i: n for n in qdq.graph.node for i in n.input}
+    activations = set(result.plan.activations)
+    fused = [n for n in qdq.graph.node if n.name in result.plan.weighted_nodes
+             and (n.output[0] in activations or consumers[n.output[0]].output[0] in activations)]
+    assert len(fused) >= 30
+    assert ops["QLinearConv"] == len(fused)
+    assert ops["QLinearAdd"] > 0
+
+
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"images": x})[0]
@@ -44,7 +69,7 @@ def test_qdq_model_runs_and_agrees_with_fp32(calibrated: dict[str, CalibrationRe
                                              preprocessor: Preprocessor) -> None:
     result = calibrated[profile]
     fp32 = prepare_model(MODEL)
-    qdq = write_qdq(fp32, result.plan, result.amax())
+    qdq = write_qdq(fp32, result.plan, result.amax(), result.nonnegative())
     ops = [n.op_type for n in qdq.graph.node]
     assert ops.count("QuantizeLinear") == len(result.plan.activations)
     assert ops.count("DequantizeLinear") == len(result.plan.activations) + len(result.plan.weighted_nodes)
