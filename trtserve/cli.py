@@ -115,6 +115,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from trtserve.calibration import FrameSource, run_calibration
+    from trtserve.repository import ModelRepository
+
+    if (args.images is None) == (args.video is None):
+        raise TrtserveError("give exactly one of --images DIR or --video FILE")
+    config = ModelRepository(args.repository).get(args.model)
+    source = (FrameSource.from_images(args.images, args.num) if args.images is not None
+              else FrameSource.from_video(args.video, args.num))
+    report = run_calibration(config, source, args.method, args.batch, args.percentile, tuple(args.trt_version),
+                             progress=not args.json, evaluate_images=args.eval_images)
+    written = [report["artifacts"]["qdq_onnxruntime"], report["artifacts"]["qdq_tensorrt"],
+               *report["artifacts"]["trt_caches"].values()]
+    text = (f"calibrated {config.name} ({report['method']}) on {report['frames_used']} frames "
+            f"({report['frames_skipped']} unreadable skipped) in {report['seconds']} s; "
+            f"{len(report['tensors'])} tensors, {len(report['excluded'])} nodes kept float\n"
+            f"wrote {', '.join(written)} in {config.directory}")
+    if "evaluation" in report:
+        e = report["evaluation"]
+        text += (f"\nmAP50-95 fp32 {e['map50_95_fp32']:.4f} int8 {e['map50_95_int8']:.4f}; "
+                 f"int8 agreement with fp32 F1 {e['agreement_f1']}")
+    _emit(report, args.json, text)
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from trtserve.synthetic import CALIBRATION_SEED, render_scene, write_coco
+
+    path = write_coco([render_scene(args.seed if args.seed is not None else CALIBRATION_SEED, i)
+                       for i in range(args.num)], args.out)
+    _emit({"images": args.num, "annotations": str(path)}, args.json, f"wrote {args.num} scenes and {path}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from trtserve.benchmark import throughput
 
@@ -166,6 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("calibrate", help="calibrate a model to INT8 (Q/DQ ONNX, TensorRT caches, report)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--images", type=Path, help="folder of calibration images (searched recursively)")
+    p.add_argument("--video", type=Path, help="a video; frames are spread over its length")
+    p.add_argument("--num", type=int, default=500, help="frames to use (default 500; 300+ recommended)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z",
+                   help="also write a TensorRT calibration cache for this version (repeatable)")
+    p.add_argument("--eval-images", type=int, default=0,
+                   help="after calibrating, compare FP32 and INT8 on this many held-out synthetic images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("scenes", help="write synthetic scenes (PNG + COCO annotations), e.g. to calibrate with")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num", type=int, default=300)
+    p.add_argument("--seed", type=int, default=None, help="root seed (default: the calibration stream)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scenes)
+
     p = model_command("bench", "in-process throughput: raw backend vs end to end, per batch size")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--repeats", type=int, default=20)

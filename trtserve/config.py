@@ -7,6 +7,7 @@ setting is ever silently rewritten: contradictions are rejected.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from trtserve.errors import ConfigError
 
 HEAD_TYPES = ("auto", "yolov8", "yolov5", "end2end", "raw")
 PRECISIONS = ("fp32", "fp16", "int8")
+# artifact keys besides precisions: the TensorRT-placement Q/DQ model and TensorRT calibration caches
+ARTIFACT_KEY = re.compile(r"^(fp16|int8|int8_tensorrt|calibration_cache_\d+)$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ModelConfig:
     class_names: tuple[str, ...]
     max_batch_size: int
     max_frame_pixels: int
-    artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision -> file
+    artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision or artifact key -> file
     source_file: Path | None = None
 
     def artifact(self, precision: str) -> Path:
@@ -69,7 +72,7 @@ class ModelConfig:
     def available_precisions(self) -> list[str]:
         """Precisions whose model file exists on disk."""
         found = ["fp32"] if self.onnx_path.is_file() else []
-        return found + [p for p, path in self.artifacts.items() if path.is_file()]
+        return found + [p for p, path in self.artifacts.items() if p in PRECISIONS and path.is_file()]
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts"}
@@ -182,9 +185,9 @@ def load_model_config(path: Path) -> ModelConfig:
     artifacts_raw = top.get("artifacts", dict, {}, "a mapping of precision to file")
     artifacts: dict[str, Path] = {}
     for precision, file in artifacts_raw.items():
-        if precision not in PRECISIONS or precision == "fp32":
-            top.fail(f"artifacts.{precision}", file, f"a key among {[p for p in PRECISIONS if p != 'fp32']}"
-                     " (fp32 is the 'onnx' key)")
+        if not ARTIFACT_KEY.match(str(precision)):
+            raise ConfigError(f"{path}: unknown key 'artifacts.{precision}'; expected fp16, int8, int8_tensorrt or "
+                              "calibration_cache_<NV_TENSORRT_VERSION> (fp32 is the 'onnx' key)")
         if not isinstance(file, str):
             top.fail(f"artifacts.{precision}", file, "a file name relative to model.yaml")
         artifacts[precision] = directory / file

@@ -38,6 +38,7 @@ FRAME_SIZES_WH: tuple[tuple[int, int], ...] = (
 )
 TRAIN_SEED = 1
 EVAL_SEED = 20261122  # disjoint from the training stream: a different root seed
+CALIBRATION_SEED = 5  # calibration frames: neither training nor evaluation scenes
 _SUBPIXEL_BITS = 4
 _SUBPIXEL = float(1 << _SUBPIXEL_BITS)
 

@@ -12,7 +12,7 @@ import pytest
 from calibrators.calibrate import CalibrationResult, calibrate, prepare_model
 from calibrators.graph import WEIGHTED_OPS
 from calibrators.qdq import write_qdq
-from trtserve.synthetic import render_scene
+from trtserve.synthetic import CALIBRATION_SEED, render_scene
 from trtserve.vision.preprocess import Preprocessor
 
 from ..conftest import ENGINES
@@ -22,7 +22,7 @@ MODEL = ENGINES / "shapes" / "model.onnx"
 
 def feeds(preprocessor: Preprocessor, count: int = 16, batch: int = 4) -> Iterator[dict[str, np.ndarray]]:
     for start in range(0, count, batch):
-        tensor, _ = preprocessor.batch([render_scene(5, i).image_bgr for i in range(start, start + batch)])
+        tensor, _ = preprocessor.batch([render_scene(CALIBRATION_SEED, i).image_bgr for i in range(start, start + batch)])
         yield {"images": tensor}
 
 

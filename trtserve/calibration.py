@@ -1,0 +1,250 @@
+"""``trtserve calibrate``: frames from a folder or a video -> calibrators -> artifacts in the model's folder.
+
+Writes, each atomically (a temporary file renamed into place, so an interrupted run leaves the old
+artifact or none, never half of one):
+
+* ``model.int8.onnx`` — Q/DQ in the ``onnxruntime`` placement (what the ONNX Runtime backend serves);
+* ``model.int8.tensorrt.onnx`` — Q/DQ in the ``tensorrt`` placement (what ``trtserve build`` uses on
+  TensorRT 10/11);
+* ``calibration.trt<NNNN>.cache`` — one TensorRT calibration cache per ``--trt-version``;
+* ``calibration.report.json`` — method, frames, time, per-tensor ranges, excluded layers, accuracy;
+
+and records them under ``artifacts`` in ``model.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.config import ModelConfig, load_model_config
+from trtserve.errors import ConfigError, TrtserveError
+from trtserve.vision.preprocess import Preprocessor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+RECOMMENDED_MIN_FRAMES = 300
+QDQ_ORT_FILE = "model.int8.onnx"
+QDQ_TRT_FILE = "model.int8.tensorrt.onnx"
+REPORT_FILE = "calibration.report.json"
+
+
+class CalibrationInputError(TrtserveError):
+    grpc_code = "INVALID_ARGUMENT"
+
+
+@dataclass
+class FrameSource:
+    """Frames for calibration, read lazily (memory does not grow with their number)."""
+
+    paths: list[Path] | None = None
+    video: Path | None = None
+    limit: int = 500
+    skipped: int = 0
+    used: int = 0
+
+    @classmethod
+    def from_images(cls, directory: Path, limit: int) -> FrameSource:
+        if not directory.is_dir():
+            raise CalibrationInputError(f"--images {directory}: not a folder")
+        paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise CalibrationInputError(f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return cls(paths=paths, limit=limit)
+
+    @classmethod
+    def from_video(cls, path: Path, limit: int) -> FrameSource:
+        if not path.is_file():
+            raise CalibrationInputError(f"--video {path}: no such file")
+        return cls(video=path, limit=limit)
+
+    @property
+    def expected(self) -> int:
+        """How many frames this source will give at most (for progress)."""
+        if self.paths is not None:
+            return min(self.limit, len(self.paths))
+        cap = cv2.VideoCapture(str(self.video))
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        return min(self.limit, count) if count > 0 else self.limit
+
+    def frames(self) -> Iterator[NDArray[np.uint8]]:
+        if self.paths is not None:
+            for path in self.paths:
+                if self.used >= self.limit:
+                    return
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    self.skipped += 1
+                    logger.warning("skipping unreadable image %s", path)
+                    continue
+                self.used += 1
+                yield np.asarray(image, np.uint8)
+            return
+        cap = cv2.VideoCapture(str(self.video))
+        if not cap.isOpened():
+            raise CalibrationInputError(f"--video {self.video}: OpenCV cannot open it as a video")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or self.limit
+        step = max(1, total // self.limit)  # spread the frames over the whole video
+        index = 0
+        try:
+            while self.used < self.limit:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if index % step == 0:
+                    self.used += 1
+                    yield np.asarray(frame, np.uint8)
+                index += 1
+        finally:
+            cap.release()
+
+
+def batched_feeds(source: FrameSource, preprocessor: Preprocessor, input_name: str, batch: int
+                  ) -> Iterator[dict[str, NDArray[np.floating]]]:
+    pending: list[NDArray[np.uint8]] = []
+    for frame in source.frames():
+        pending.append(frame)
+        if len(pending) == batch:
+            yield {input_name: preprocessor.batch(pending)[0]}
+            pending = []
+    if pending:
+        yield {input_name: preprocessor.batch(pending)[0]}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_artifacts(config: ModelConfig, entries: dict[str, str]) -> None:
+    """Set ``artifacts`` in model.yaml (keeping the rest of the file, comments included), atomically."""
+    path = config.source_file
+    if path is None:
+        raise ConfigError("the model configuration has no source file to record artifacts in")
+    text = path.read_text(encoding="utf-8")
+    # drop an existing top-level artifacts block (its indented lines), then append the new one
+    text = re.sub(r"(?m)^artifacts:.*\n(?:[ \t]+.*\n|\s*\n)*", "", text if text.endswith("\n") else text + "\n")
+    block = "artifacts:\n" + "".join(f"  {k}: {v}\n" for k, v in entries.items())
+    atomic_write_bytes(path, (text + block).encode("utf-8"))
+    load_model_config(path)  # the result must validate; raises naming the key otherwise
+
+
+def run_calibration(config: ModelConfig, source: FrameSource, method: str = "entropy", batch: int = 8,
+                    percentile: float = 99.99, trt_versions: tuple[str, ...] = (), progress: bool = True,
+                    evaluate_images: int = 0) -> dict[str, Any]:
+    """Calibrate ``config``'s FP32 model on ``source`` and write every artifact; returns the report."""
+    import onnx
+    from tqdm import tqdm
+
+    from calibrators.calibrate import calibrate, prepare_model
+    from calibrators.graph import plan_quantization
+    from calibrators.qdq import write_qdq
+    from calibrators.trt_cache import make_cache
+
+    for version in trt_versions:  # fail before the long part
+        from calibrators.trt_cache import tensorrt_version_int
+
+        try:
+            tensorrt_version_int(version)
+        except ValueError as exc:
+            raise CalibrationInputError(f"--trt-version: {exc}") from None
+    if not config.onnx_path.is_file():
+        raise ConfigError(f"{config.source_file}: the FP32 model {config.onnx_path} does not exist")
+    proto = prepare_model(config.onnx_path)
+    input_name = config.input.name or proto.graph.input[0].name
+    preprocessor = Preprocessor(config.input)
+    bar = tqdm(total=source.expected, unit="frame", desc=f"calibrating {config.name}", disable=not progress)
+    last = [0]
+
+    def on_batch(samples: int) -> None:
+        bar.update(samples - last[0])
+        last[0] = samples
+
+    try:
+        # the onnxruntime placement's tensors are a superset of tensorrt's: one pass serves both writers
+        result = calibrate(proto, batched_feeds(source, preprocessor, input_name, batch), method, percentile,
+                           profile="onnxruntime", on_batch=on_batch)
+    except ValueError as exc:
+        if source.used == 0 and source.skipped:
+            raise CalibrationInputError(f"none of the {source.skipped} images could be read") from None
+        raise CalibrationInputError(str(exc)) from None
+    finally:
+        bar.close()
+    if source.used < RECOMMENDED_MIN_FRAMES:
+        logger.warning("calibrated on %d frames; %d or more representative frames are recommended, fewer "
+                       "can compress confidences or empty the outputs", source.used, RECOMMENDED_MIN_FRAMES)
+    directory = config.directory
+    amax, nonneg = result.amax(), result.nonnegative()
+    ort_model = write_qdq(proto, result.plan, amax, nonneg)
+    trt_plan = plan_quantization(proto, "tensorrt")
+    trt_model = write_qdq(proto, trt_plan, amax)
+    atomic_write_bytes(directory / QDQ_ORT_FILE, ort_model.SerializeToString())
+    atomic_write_bytes(directory / QDQ_TRT_FILE, trt_model.SerializeToString())
+    entries = {"int8": QDQ_ORT_FILE, "int8_tensorrt": QDQ_TRT_FILE}
+    caches = {}
+    for version in trt_versions:
+        cache_method = method if method in ("entropy", "minmax") else "entropy"
+        cache = make_cache({t: amax[t] for t in trt_plan.activations}, version, cache_method)
+        name = f"calibration.trt{cache.version_int}.cache"
+        atomic_write_bytes(directory / name, cache.to_text().encode("ascii"))
+        caches[version] = name
+        entries[f"calibration_cache_{cache.version_int}"] = name
+    report: dict[str, Any] = {
+        "model": config.name, "method": method, "frames_used": source.used, "frames_skipped": source.skipped,
+        "batches": result.batches, "seconds": round(result.seconds, 2),
+        "onnx_opset": max(o.version for o in onnx.load(str(directory / QDQ_ORT_FILE)).opset_import
+                          if o.domain in ("", "ai.onnx")),
+        "tensors": {name: {"amax": r.amax, "max_abs": r.max_abs, "nonnegative": r.min_value >= 0}
+                    for name, r in result.ranges.items()},
+        "excluded": result.plan.reasons,
+        "artifacts": {"qdq_onnxruntime": QDQ_ORT_FILE, "qdq_tensorrt": QDQ_TRT_FILE, "trt_caches": caches},
+    }
+    record_artifacts(config, entries)
+    if evaluate_images:
+        report["evaluation"] = compare_precisions(load_model_config(config.source_file or Path()), evaluate_images)
+    atomic_write_bytes(directory / REPORT_FILE, (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def compare_precisions(config: ModelConfig, num_images: int) -> dict[str, Any]:
+    """FP32 vs INT8 mAP on the held-out synthetic set and INT8's detection agreement with FP32."""
+    from trtserve.detector import Detector
+    from trtserve.evaluation import evaluate
+    from trtserve.synthetic import evaluation_set
+    from trtserve.vision.matching import MatchCounts, match
+
+    scores: dict[str, Any] = {}
+    answers = {}
+    for precision in ("fp32", "int8"):
+        with Detector.open(config, precision) as detector:
+            scores[precision] = evaluate(detector, num_images).as_dict()
+            answers[precision] = detector.detect([s.image_bgr for s in evaluation_set(num_images)])
+    total = MatchCounts(0, 0, 0, 0.0)
+    for a, b in zip(answers["int8"], answers["fp32"]):
+        if a.detections is None or b.detections is None:
+            continue
+        total += match(a.detections.boxes_xyxy, a.detections.scores, a.detections.class_ids,
+                       b.detections.boxes_xyxy, b.detections.class_ids)
+    return {"map50_fp32": scores["fp32"]["map50"], "map50_95_fp32": scores["fp32"]["map50_95"],
+            "map50_int8": scores["int8"]["map50"], "map50_95_int8": scores["int8"]["map50_95"],
+            "agreement_f1": round(total.f1, 4), "agreement_mean_iou": round(total.mean_iou, 4),
+            "images": num_images}
