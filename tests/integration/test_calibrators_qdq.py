@@ -22,7 +22,8 @@ MODEL = ENGINES / "shapes" / "model.onnx"
 
 def feeds(preprocessor: Preprocessor, count: int = 16, batch: int = 4) -> Iterator[dict[str, np.ndarray]]:
     for start in range(0, count, batch):
-        tensor, _ = preprocessor.batch([render_scene(CALIBRATION_SEED, i).image_bgr for i in range(start, start + batch)])
+        scenes = [render_scene(CALIBRATION_SEED, i) for i in range(start, start + batch)]
+        tensor, _ = preprocessor.batch([s.image_bgr for s in scenes])
         yield {"images": tensor}
 
 
