@@ -11,21 +11,6 @@ QUANT_BINS = 128  # symmetric int8: 128 magnitudes per sign
 DEFAULT_PERCENTILE = 99.99
 
 
-def _kl(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
-    """KL(p || q) of two unnormalised distributions; infinite where p has mass q lacks."""
-    p_sum, q_sum = p.sum(), q.sum()
-    if p_sum == 0:
-        return 0.0
-    if q_sum == 0:
-        return float("inf")
-    p = p / p_sum
-    q = q / q_sum
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return float("inf")
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
-
-
 def entropy_divergences(counts: NDArray[np.integer], start_bin: int = QUANT_BINS
                         ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """KL divergence of every candidate cut ``i`` in ``[start_bin, len(counts)]``.
@@ -33,26 +18,47 @@ def entropy_divergences(counts: NDArray[np.integer], start_bin: int = QUANT_BINS
     P = the first ``i`` bins with all the mass beyond ``i`` added to bin ``i - 1``; Q = those ``i``
     bins merged into 128 groups, each group's count spread evenly over its non-empty bins (empty
     bins stay empty). Bin 1 is first copied into bin 0 to tame the spike of exact zeros after ReLU.
+
+    Evaluated for all cuts at once from prefix sums: per cut O(128) work instead of O(i), so a
+    2048-bin histogram takes milliseconds. Group boundaries come from the same ``linspace`` edges
+    and ``digitize`` rule as the literal procedure (checked against it in the tests).
     """
     bins = np.asarray(counts, dtype=np.float64).copy()
     if bins.size > 1:
         bins[0] = bins[1]
     cuts = np.arange(start_bin, bins.size + 1, dtype=np.int64)
-    tail = np.concatenate([np.cumsum(bins[::-1])[::-1], [0.0]])  # tail[i] = sum(bins[i:])
-    divergences = np.empty(cuts.size, np.float64)
-    for k, i in enumerate(cuts):
-        head = bins[:i]
-        edges = np.linspace(0, i, num=QUANT_BINS + 1)
-        group = np.digitize(np.arange(i), edges) - 1
-        nonempty = head != 0
-        group_mass = np.bincount(group[nonempty], weights=head[nonempty], minlength=QUANT_BINS)
-        group_size = np.bincount(group[nonempty], minlength=QUANT_BINS)
-        spread = np.divide(group_mass, group_size, out=np.zeros(QUANT_BINS), where=group_size > 0)
-        q = np.where(nonempty, spread[group], 0.0)
-        p = head.copy()
-        p[-1] += tail[i]
-        divergences[k] = _kl(p, q)
-    return cuts, divergences
+    if cuts.size == 0:
+        return cuts, np.zeros(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(bins > 0, bins * np.log(np.where(bins > 0, bins, 1.0)), 0.0)
+    mass = np.concatenate([[0.0], np.cumsum(bins)])  # mass[k] = sum(bins[:k])
+    ent = np.concatenate([[0.0], np.cumsum(plogp)])
+    nonempty = np.concatenate([[0], np.cumsum(bins > 0)])
+    total = mass[-1]
+    # bin j is in group g when edges[g] <= j < edges[g + 1], i.e. groups start at ceil(edges)
+    edges = np.linspace(0, cuts.astype(np.float64), QUANT_BINS + 1, axis=1)
+    starts = np.ceil(edges).astype(np.int64)
+    lo, hi = starts[:, :-1], starts[:, 1:]
+    group_mass = mass[hi] - mass[lo]
+    group_count = nonempty[hi] - nonempty[lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        group_q = np.where(group_count > 0, group_mass / np.maximum(group_count, 1), 0.0)
+        s_plogq = np.where(group_mass > 0, group_mass * np.log(np.where(group_q > 0, group_q, 1.0)), 0.0).sum(1)
+    last = bins[cuts - 1]
+    tail = total - mass[cuts]
+    last_group = (lo <= (cuts - 1)[:, None]).sum(1) - 1
+    q_last = group_q[np.arange(cuts.size), last_group]
+    # the tail moves into bin i-1 of P: correct that bin's two terms
+    grown = last + tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_plogp = ent[cuts] + np.where(tail > 0, grown * np.log(np.where(grown > 0, grown, 1.0))
+                                       - np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0), 0.0)
+        s_plogq = s_plogq + np.where(tail > 0, tail * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
+        q_total = mass[cuts]
+        kl = (s_plogp - s_plogq) / total - np.log(total) + np.log(np.where(q_total > 0, q_total, 1.0))
+    kl = np.where((tail > 0) & (last == 0), np.inf, kl)  # P has mass where Q has none
+    kl = np.where(q_total > 0, kl, np.inf)
+    return cuts, kl if total > 0 else np.zeros(cuts.size)
 
 
 def amax_entropy(hist: AbsHistogram, start_bin: int = QUANT_BINS) -> float:

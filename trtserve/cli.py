@@ -152,6 +152,21 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trtserve.benchmark import throughput
 
+    if args.what == "calibration":
+        from trtserve import bench_calibration
+        from trtserve.repository import ModelRepository
+
+        r = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images)
+        _emit(r, args.json, "\n".join([
+            f"calibration on {r['frames']} frames, trtserve vs ONNX Runtime quantize_static (entropy, QDQ):",
+            f"  peak RSS   {r['peak_rss_mb']} MB vs {r['peak_rss_mb_ort']} MB  (ratio {r['rss_ratio_vs_ort']})",
+            f"  wall time  {r['seconds']} s vs {r['seconds_ort']} s  (ratio {r['time_ratio_vs_ort']})",
+            f"  mAP50-95   fp32 {r['map50_95_fp32']:.4f}  int8 {r['map50_95_int8']:.4f}  "
+            f"int8 (ORT) {r['map50_95_int8_ort']:.4f}",
+            f"  agreement with fp32 (F1@0.5) {r['agreement_f1']}",
+            f"  int8 speed-up at batch 8: {r['int8_speedup']}x (ORT's int8: {r['int8_ort_speedup']}x)"]))
+        return 0
+
     with _detector(args) as detector:
         rows = throughput(detector, args.batch, args.repeats)
     lines = [f"{detector.config.name} {detector.precision} on {detector.backend.name} (640x480 frames, "
@@ -222,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scenes)
 
-    p = model_command("bench", "in-process throughput: raw backend vs end to end, per batch size")
+    p = model_command("bench", "in-process throughput (raw backend vs end to end, per batch size), or "
+                      "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static")
+    p.add_argument("what", nargs="?", choices=["throughput", "calibration"], default="throughput")
+    p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
+    p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
