@@ -107,7 +107,7 @@ def test_known_answers() -> None:
     # uniform counts: no cut loses anything only at the full range, where Q reproduces P exactly
     h = AbsHistogram()
     h.update(np.linspace(0, 4.0, 2048 * 50))
-    cuts, div = entropy_divergences(h.counts)  # type: ignore[arg-type]
+    _, div = entropy_divergences(h.counts)  # type: ignore[arg-type]
     assert div[-1] == pytest.approx(0.0, abs=1e-5) and div[-1] == div.min()
     assert amax_entropy(h) == pytest.approx(4.0)
     # a cut whose last bin is empty while mass lies beyond it is impossible (infinite divergence)
