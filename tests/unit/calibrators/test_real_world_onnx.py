@@ -33,8 +33,8 @@ def residual_model(opset: int = 11, batch: int | str = "N", nhwc: bool = False,
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
     if initializers_as_inputs:
         inputs += [helper.make_tensor_value_info(w.name, TensorProto.FLOAT, list(w.dims)) for w in (w1, w2, w3)]
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 8, 8])],
-                              [w1, w2, w3])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 8, 8])
+    graph = helper.make_graph(nodes, "g", inputs, [output], [w1, w2, w3])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -65,7 +65,8 @@ def test_quirky_models_calibrate_and_run(kwargs: dict) -> None:
     x = next(feeds(1, batch, kwargs.get("nhwc", False)))
     ref = ort.InferenceSession(prepared.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
     got = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
-    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    cosine = float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref))
+    assert cosine > 0.99 and np.abs(got - ref).max() < 0.15 * np.abs(ref).max()
     axes = {n.name: [a.i for a in n.attribute if a.name == "axis"] for n in qdq.graph.node
             if n.op_type == "DequantizeLinear" and n.input[0].endswith("_weight_int8")}
     assert sorted(axes.values()) == [[0], [0]]  # per output channel for Conv
