@@ -91,11 +91,13 @@ def collect_histograms(model: onnx.ModelProto, tensors: Iterable[str], feeds: It
             raise ValueError(f"calibration feed has inputs {sorted(feed)}; the model expects {sorted(input_names)}")
         arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()}
         outputs = session.run(fetch, arrays) if fetch else []
-        for name, value in zip(fetch, outputs):
-            hists[name].update(value)
-        for name in wanted:
-            if name in arrays:
-                hists[name].update(arrays[name])
+        values = {n: arrays[n] for n in wanted if n in arrays}  # inputs first: a bad feed is the root cause
+        values.update(zip(fetch, outputs))
+        for name, value in values.items():
+            try:
+                hists[name].update(value)
+            except ValueError as exc:
+                raise ValueError(f"tensor {name!r} in calibration batch {batches + 1}: {exc}") from None
         batches += 1
         samples += int(next(iter(arrays.values())).shape[0])
         if on_batch is not None:

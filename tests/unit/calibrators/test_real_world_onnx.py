@@ -74,7 +74,7 @@ def test_quirky_models_calibrate_and_run(kwargs: dict) -> None:
 
 def test_nan_in_an_activation_names_the_tensor() -> None:
     bad = ({"x": np.full((1, 3, 8, 8), np.nan, np.float32)} for _ in range(1))
-    with pytest.raises(ValueError, match="NaN or infinity"):
+    with pytest.raises(ValueError, match="tensor 'x' in calibration batch 1: tensor contains NaN or infinity"):
         calibrate(residual_model(13), bad)
 
 
