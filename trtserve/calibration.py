@@ -112,15 +112,18 @@ class FrameSource:
             cap.release()
 
 
-def batched_feeds(source: FrameSource, preprocessor: Preprocessor, input_name: str, batch: int
-                  ) -> Iterator[dict[str, NDArray[np.floating]]]:
+def batched_feeds(source: FrameSource, preprocessor: Preprocessor, input_name: str, batch: int,
+                  fixed_batch: bool = False) -> Iterator[dict[str, NDArray[np.floating]]]:
+    """Batches of ``batch`` preprocessed frames; a model with a fixed batch gets no short last batch."""
     pending: list[NDArray[np.uint8]] = []
     for frame in source.frames():
         pending.append(frame)
         if len(pending) == batch:
             yield {input_name: preprocessor.batch(pending)[0]}
             pending = []
-    if pending:
+    if pending and fixed_batch:
+        logger.info("dropping the last %d frames: the model's batch is fixed at %d", len(pending), batch)
+    elif pending:
         yield {input_name: preprocessor.batch(pending)[0]}
 
 
@@ -148,7 +151,7 @@ def record_artifacts(config: ModelConfig, entries: dict[str, str]) -> None:
     load_model_config(path)  # the result must validate; raises naming the key otherwise
 
 
-def run_calibration(config: ModelConfig, source: FrameSource, method: str = "entropy", batch: int = 8,
+def run_calibration(config: ModelConfig, source: FrameSource, method: str = "entropy", batch: int | None = None,
                     percentile: float = 99.99, trt_versions: tuple[str, ...] = (), progress: bool = True,
                     evaluate_images: int = 0) -> dict[str, Any]:
     """Calibrate ``config``'s FP32 model on ``source`` and write every artifact; returns the report."""
@@ -171,6 +174,15 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         raise ConfigError(f"{config.source_file}: the FP32 model {config.onnx_path} does not exist")
     proto = prepare_model(config.onnx_path)
     input_name = config.input.name or proto.graph.input[0].name
+    graph_input = next((i for i in proto.graph.input if i.name == input_name), None)
+    if graph_input is None:
+        raise ConfigError(f"{config.source_file}: key 'input.name' is {input_name!r}; the model's inputs are "
+                          f"{[i.name for i in proto.graph.input]}")
+    fixed = graph_input.type.tensor_type.shape.dim[0].dim_value or None
+    if batch is not None and fixed is not None and batch != fixed:
+        raise CalibrationInputError(f"--batch {batch}: the model's batch dimension is fixed at {fixed}; "
+                                    f"drop --batch or pass --batch {fixed}")
+    batch = fixed or batch or 8
     preprocessor = Preprocessor(config.input)
     bar = tqdm(total=source.expected, unit="frame", desc=f"calibrating {config.name}", disable=not progress)
     last = [0]
@@ -181,7 +193,8 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
 
     try:
         # the onnxruntime placement's tensors are a superset of tensorrt's: one pass serves both writers
-        result = calibrate(proto, batched_feeds(source, preprocessor, input_name, batch), method, percentile,
+        result = calibrate(proto, batched_feeds(source, preprocessor, input_name, batch, fixed is not None),
+                           method, percentile,
                            profile="onnxruntime", on_batch=on_batch)
     except ValueError as exc:
         if source.used == 0 and source.skipped:

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="folder of calibration images (searched recursively)")
     p.add_argument("--video", type=Path, help="a video; frames are spread over its length")
     p.add_argument("--num", type=int, default=500, help="frames to use (default 500; 300+ recommended)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=None, help="frames per batch (default: the model's fixed batch, or 8)")
     p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z",
