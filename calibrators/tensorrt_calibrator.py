@@ -1,0 +1,126 @@
+"""An ``IInt8EntropyCalibrator2`` for TensorRT 8.x / 10.x (implicit quantization; gone in TensorRT 11).
+
+Two modes:
+
+* **serve a cache** (no GPU pass): ``read_calibration_cache`` returns the bytes of a cache written by
+  :mod:`calibrators.trt_cache`, so the builder takes the scales from it and never calls
+  ``get_batch``. This is how a Jetson builds an INT8 engine from a cache calibrated on a laptop.
+* **feed batches**: ``get_batch`` copies each ``{input_name: array}`` feed into device memory (CUDA
+  through cuda-python) and returns the device pointers; the cache TensorRT writes is saved atomically.
+
+TensorRT is imported only inside :func:`make_entropy_calibrator`; pass ``trt`` to use another module
+implementing the same API (the tests use a contract double).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from calibrators.trt_cache import read_cache
+
+logger = logging.getLogger(__name__)
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime  # cuda-python >= 12.6.1
+    except ImportError:
+        try:
+            from cuda import cudart as runtime  # older cuda-python
+        except ImportError as exc:
+            raise RuntimeError("feeding calibration batches to TensorRT needs cuda-python "
+                               "(pip install 'trtserve[gpu]'); or serve a calibration cache instead") from exc
+    return runtime
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns (error, *values); raise on a non-zero error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA {what} failed: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def make_entropy_calibrator(cache_path: Path, batch_size: int,
+                            feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+                            trt: ModuleType | None = None) -> Any:
+    """Build a ``trt.IInt8EntropyCalibrator2`` instance.
+
+    With ``feeds`` None, ``cache_path`` must hold a valid cache (checked now, not at build time).
+    """
+    if trt is None:
+        import tensorrt as trt  # type: ignore[import-not-found,no-redef]
+    assert trt is not None
+    base: Any = trt.IInt8EntropyCalibrator2
+    cache_path = Path(cache_path)
+    if feeds is None:
+        cache = read_cache(cache_path)  # raises CacheFormatError naming the line
+        if cache.algorithm != "EntropyCalibration2":
+            logger.warning("%s holds %s scales; TensorRT will ignore it for an entropy calibrator",
+                           cache_path, cache.algorithm)
+
+    class EntropyCalibrator(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._batches: Iterator[Mapping[str, np.ndarray]] | None = iter(feeds) if feeds is not None else None
+            self._device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self._batches is None:
+                return None
+            batch = next(self._batches, None)
+            if batch is None:
+                return None
+            cudart = _cudart()
+            pointers = []
+            for name in names:
+                if name not in batch:
+                    raise KeyError(f"calibration feed has no input {name!r}; it has {sorted(batch)}")
+                host = np.ascontiguousarray(batch[name], dtype=np.float32)
+                if host.shape[0] != batch_size:
+                    raise ValueError(f"calibration batch for {name!r} has {host.shape[0]} items; "
+                                     f"the calibrator's batch size is {batch_size}")
+                ptr, size = self._device.get(name, (0, 0))
+                if size < host.nbytes:
+                    if ptr:
+                        _check(cudart.cudaFree(ptr), "cudaFree")
+                    ptr = int(_check(cudart.cudaMalloc(host.nbytes), "cudaMalloc"))
+                    self._device[name] = (ptr, host.nbytes)
+                _check(cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy")
+                pointers.append(ptr)
+            return pointers
+
+        def read_calibration_cache(self) -> bytes | None:
+            if cache_path.is_file():
+                logger.info("serving calibration cache %s", cache_path)
+                return cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            data = bytes(cache)
+            fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.name}.", dir=cache_path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, cache_path)
+
+        def free(self) -> None:
+            """Release device buffers (call after the engine is built)."""
+            if self._device:
+                cudart = _cudart()
+                for ptr, _ in self._device.values():
+                    _check(cudart.cudaFree(ptr), "cudaFree")
+                self._device.clear()
+
+    return EntropyCalibrator()
