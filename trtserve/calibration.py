@@ -151,10 +151,39 @@ def record_artifacts(config: ModelConfig, entries: dict[str, str]) -> None:
     load_model_config(path)  # the result must validate; raises naming the key otherwise
 
 
+AUTO_EXCLUDE_FRAMES = 64  # calibration frames kept in memory to score sensitivity
+
+
+def detection_agreement(config: ModelConfig) -> Any:
+    """Agreement of two lists of raw output batches: F1 at IoU 0.5 of the decoded detections."""
+    from trtserve.heads import Thresholds, make_head
+    from trtserve.vision.letterbox import Letterbox
+    from trtserve.vision.matching import MatchCounts, match
+
+    hw = (config.input.height_px, config.input.width_px)
+    identity = Letterbox.plan(hw, hw)  # compare in model-input pixels
+    thresholds = Thresholds.from_spec(config.head)
+
+    def agreement(reference: list[NDArray[np.float32]], candidate: list[NDArray[np.float32]]) -> float:
+        head = make_head(config.head, len(config.class_names), [tuple(reference[0].shape)])
+        total = MatchCounts(0, 0, 0, 0.0)
+        for ref, cand in zip(reference, candidate):
+            geos = [identity] * ref.shape[0]
+            for a, b in zip(head.decode({"o": cand}, geos, thresholds), head.decode({"o": ref}, geos, thresholds)):
+                total += match(a.boxes_xyxy, a.scores, a.class_ids, b.boxes_xyxy, b.class_ids)
+        return total.f1
+
+    return agreement
+
+
 def run_calibration(config: ModelConfig, source: FrameSource, method: str = "entropy", batch: int | None = None,
                     percentile: float = 99.99, trt_versions: tuple[str, ...] = (), progress: bool = True,
-                    evaluate_images: int = 0) -> dict[str, Any]:
-    """Calibrate ``config``'s FP32 model on ``source`` and write every artifact; returns the report."""
+                    evaluate_images: int = 0, auto_exclude_target: float | None = None) -> dict[str, Any]:
+    """Calibrate ``config``'s FP32 model on ``source`` and write every artifact; returns the report.
+
+    With ``auto_exclude_target`` the most sensitive layers are kept float until INT8 agrees with FP32 at
+    least that much on the first calibration frames (see :mod:`calibrators.sensitivity`).
+    """
     import onnx
     from tqdm import tqdm
 
@@ -191,11 +220,18 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         bar.update(samples - last[0])
         last[0] = samples
 
+    kept: list[dict[str, NDArray[np.floating]]] = []
+
+    def keep_some(feeds: Iterator[dict[str, NDArray[np.floating]]]) -> Iterator[dict[str, NDArray[np.floating]]]:
+        for feed in feeds:
+            if auto_exclude_target is not None and sum(len(f[input_name]) for f in kept) < AUTO_EXCLUDE_FRAMES:
+                kept.append(feed)
+            yield feed
+
     try:
         # the onnxruntime placement's tensors are a superset of tensorrt's: one pass serves both writers
-        result = calibrate(proto, batched_feeds(source, preprocessor, input_name, batch, fixed is not None),
-                           method, percentile,
-                           profile="onnxruntime", on_batch=on_batch)
+        result = calibrate(proto, keep_some(batched_feeds(source, preprocessor, input_name, batch, fixed is not None)),
+                           method, percentile, profile="onnxruntime", on_batch=on_batch)
     except ValueError as exc:
         if source.used == 0 and source.skipped:
             raise CalibrationInputError(f"none of the {source.skipped} images could be read") from None
@@ -207,8 +243,17 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
                        "can compress confidences or empty the outputs", source.used, RECOMMENDED_MIN_FRAMES)
     directory = config.directory
     amax, nonneg = result.amax(), result.nonnegative()
-    ort_model = write_qdq(proto, result.plan, amax, nonneg)
-    trt_plan = plan_quantization(proto, "tensorrt")
+    auto: dict[str, Any] | None = None
+    extra_float: tuple[str, ...] = ()
+    if auto_exclude_target is not None:
+        from calibrators.sensitivity import auto_exclude, cosine_agreement
+
+        score = detection_agreement(config) if config.head.type != "raw" else cosine_agreement
+        found = auto_exclude(proto, result, kept, score, auto_exclude_target)
+        extra_float, auto = found.excluded, found.as_dict()
+    ort_plan = plan_quantization(proto, "onnxruntime", exclude_nodes=extra_float)
+    ort_model = write_qdq(proto, ort_plan, amax, nonneg)
+    trt_plan = plan_quantization(proto, "tensorrt", exclude_nodes=extra_float)
     trt_model = write_qdq(proto, trt_plan, amax)
     atomic_write_bytes(directory / QDQ_ORT_FILE, ort_model.SerializeToString())
     atomic_write_bytes(directory / QDQ_TRT_FILE, trt_model.SerializeToString())
@@ -228,7 +273,8 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
                           if o.domain in ("", "ai.onnx")),
         "tensors": {name: {"amax": r.amax, "max_abs": r.max_abs, "nonnegative": r.min_value >= 0}
                     for name, r in result.ranges.items()},
-        "excluded": result.plan.reasons,
+        "excluded": ort_plan.reasons,
+        "auto_exclude": auto,
         "artifacts": {"qdq_onnxruntime": QDQ_ORT_FILE, "qdq_tensorrt": QDQ_TRT_FILE, "trt_caches": caches},
     }
     record_artifacts(config, entries)

@@ -125,7 +125,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     source = (FrameSource.from_images(args.images, args.num) if args.images is not None
               else FrameSource.from_video(args.video, args.num))
     report = run_calibration(config, source, args.method, args.batch, args.percentile, tuple(args.trt_version),
-                             progress=not args.json, evaluate_images=args.eval_images)
+                             progress=not args.json, evaluate_images=args.eval_images,
+                             auto_exclude_target=args.target_agreement if args.auto_exclude else None)
     written = [report["artifacts"]["qdq_onnxruntime"], report["artifacts"]["qdq_tensorrt"],
                *report["artifacts"]["trt_caches"].values()]
     text = (f"calibrated {config.name} ({report['method']}) on {report['frames_used']} frames "
@@ -227,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a TensorRT calibration cache for this version (repeatable)")
     p.add_argument("--eval-images", type=int, default=0,
                    help="after calibrating, compare FP32 and INT8 on this many held-out synthetic images")
+    p.add_argument("--auto-exclude", action="store_true",
+                   help="keep the fewest most-sensitive layers float until INT8 meets --target-agreement")
+    p.add_argument("--target-agreement", type=float, default=0.97,
+                   help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 

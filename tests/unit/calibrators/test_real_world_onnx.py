@@ -81,3 +81,20 @@ def test_nan_in_an_activation_names_the_tensor() -> None:
 def test_unknown_excluded_node_is_named() -> None:
     with pytest.raises(ValueError, match=r"excluded nodes \['conv9'\] are not in the model"):
         calibrate(residual_model(13), feeds(1, 1), exclude_nodes=["conv9"])
+
+
+def test_auto_exclude_keeps_the_most_sensitive_layers_float() -> None:
+    from calibrators.sensitivity import auto_exclude, cosine_agreement
+
+    model = prepare_model(residual_model(13))
+    result = calibrate(model, feeds(4, 2), "entropy", profile="onnxruntime")
+    batches = list(feeds(2, 2))
+    met = auto_exclude(model, result, batches, cosine_agreement, target=0.5)
+    assert met.excluded == () and met.agreement_after == met.agreement_before >= 0.5
+    strict = auto_exclude(model, result, batches, cosine_agreement, target=1.0)
+    assert set(strict.excluded) <= {"conv1", "conv2"} and strict.excluded  # it tried, most sensitive first
+    assert set(strict.sensitivity) == {"conv1", "conv2"}
+    first = strict.excluded[0]
+    assert strict.sensitivity[first] == max(strict.sensitivity.values())
+    with pytest.raises(ValueError, match="outside"):
+        auto_exclude(model, result, batches, cosine_agreement, target=0.0)
