@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint setup clean
+COMPAT := .venv-numpy1
+COMPAT_STAMP := $(COMPAT)/.installed
+
+.PHONY: demo test lint setup clean test-numpy1
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +25,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check trtserve calibrators tests
 	$(BIN)/mypy trtserve calibrators
 
-test: lint
+# JetPack's TensorRT bindings are built against numpy 1.x: the library must keep working there too.
+$(COMPAT_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT)/bin/python -m pip install --quiet 'numpy<2' 'opencv-python-headless<4.12' -e '.[dev]'
+	touch $(COMPAT_STAMP)
+
+test-numpy1: $(COMPAT_STAMP)
+	$(COMPAT)/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'
+	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+test: lint test-numpy1
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(COMPAT) build
