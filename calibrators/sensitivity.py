@@ -58,21 +58,26 @@ def cosine_agreement(reference: list[NDArray[np.float32]], candidate: list[NDArr
 
 
 def auto_exclude(model: onnx.ModelProto, result: CalibrationResult, batches: Sequence[Feed], agreement: Agreement,
-                 target: float, base_exclusions: Sequence[str] = ()) -> AutoExcludeResult:
-    """Find the layers to keep float; ``model`` is the prepared FP32 model ``result`` was calibrated on."""
+                 target: float, keep_head_float: bool = True, exclude_nodes: Sequence[str] = (),
+                 exclude_op_types: Sequence[str] = ()) -> AutoExcludeResult:
+    """Find the layers to keep float; ``model`` is the prepared FP32 model ``result`` was calibrated on.
+
+    The exclusion arguments are the baseline (as for :func:`calibrators.graph.plan_quantization`).
+    """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target agreement {target} is outside (0, 1]")
     amax, nonneg = result.amax(), result.nonnegative()
     reference = _run(model, batches)
 
     def score(excluded: Sequence[str]) -> float:
-        plan = plan_quantization(model, "onnxruntime", exclude_nodes=[*base_exclusions, *excluded])
+        plan = plan_quantization(model, "onnxruntime", keep_head_float, [*exclude_nodes, *excluded], exclude_op_types)
         return agreement(reference, _run(write_qdq(model, plan, amax, nonneg), batches))
 
     before = score(())
     if before >= target:
         return AutoExcludeResult(target, before, before, ())
-    candidates = list(plan_quantization(model, "onnxruntime", exclude_nodes=base_exclusions).weighted_nodes)
+    candidates = list(plan_quantization(model, "onnxruntime", keep_head_float, exclude_nodes,
+                                        exclude_op_types).weighted_nodes)
     gains = {node: score([node]) - before for node in candidates}
     order = sorted(candidates, key=lambda n: -gains[n])
     chosen: list[str] = []

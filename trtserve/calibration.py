@@ -220,6 +220,12 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         bar.update(samples - last[0])
         last[0] = samples
 
+    q = config.quantization
+    exclusions: dict[str, Any] = {"keep_head_float": q.keep_head_float, "exclude_op_types": q.exclude_op_types}
+    try:  # check the configured exclusions before the long pass
+        plan_quantization(proto, "tensorrt", q.keep_head_float, q.exclude_nodes, q.exclude_op_types)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source_file}: key 'quantization.exclude_nodes': {exc}") from None
     kept: list[dict[str, NDArray[np.floating]]] = []
 
     def keep_some(feeds: Iterator[dict[str, NDArray[np.floating]]]) -> Iterator[dict[str, NDArray[np.floating]]]:
@@ -231,7 +237,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
     try:
         # the onnxruntime placement's tensors are a superset of tensorrt's: one pass serves both writers
         result = calibrate(proto, keep_some(batched_feeds(source, preprocessor, input_name, batch, fixed is not None)),
-                           method, percentile, profile="onnxruntime", on_batch=on_batch)
+                           method, percentile, profile="onnxruntime", on_batch=on_batch, **exclusions)
     except ValueError as exc:
         if source.used == 0 and source.skipped:
             raise CalibrationInputError(f"none of the {source.skipped} images could be read") from None
@@ -249,11 +255,13 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         from calibrators.sensitivity import auto_exclude, cosine_agreement
 
         score = detection_agreement(config) if config.head.type != "raw" else cosine_agreement
-        found = auto_exclude(proto, result, kept, score, auto_exclude_target)
+        found = auto_exclude(proto, result, kept, score, auto_exclude_target, q.keep_head_float, q.exclude_nodes,
+                             q.exclude_op_types)
         extra_float, auto = found.excluded, found.as_dict()
-    ort_plan = plan_quantization(proto, "onnxruntime", exclude_nodes=extra_float)
+    exclusions["exclude_nodes"] = (*q.exclude_nodes, *extra_float)
+    ort_plan = plan_quantization(proto, "onnxruntime", **exclusions)
     ort_model = write_qdq(proto, ort_plan, amax, nonneg)
-    trt_plan = plan_quantization(proto, "tensorrt", exclude_nodes=extra_float)
+    trt_plan = plan_quantization(proto, "tensorrt", **exclusions)
     trt_model = write_qdq(proto, trt_plan, amax)
     atomic_write_bytes(directory / QDQ_ORT_FILE, ort_model.SerializeToString())
     atomic_write_bytes(directory / QDQ_TRT_FILE, trt_model.SerializeToString())

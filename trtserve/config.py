@@ -46,6 +46,15 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class QuantizationSpec:
+    """What INT8 calibration keeps in float (``quantization:`` in model.yaml)."""
+
+    keep_head_float: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     directory: Path
@@ -57,6 +66,7 @@ class ModelConfig:
     max_frame_pixels: int
     artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision or artifact key -> file
     source_file: Path | None = None
+    quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
 
     def artifact(self, precision: str) -> Path:
         """The model file for ``precision`` (``fp32`` is the source ONNX)."""
@@ -75,7 +85,9 @@ class ModelConfig:
         return found + [p for p, path in self.artifacts.items() if p in PRECISIONS and path.is_file()]
 
 
-_TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts"}
+_TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
+             "quantization"}
+_QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
 
@@ -192,6 +204,16 @@ def load_model_config(path: Path) -> ModelConfig:
             top.fail(f"artifacts.{precision}", file, "a file name relative to model.yaml")
         artifacts[precision] = directory / file
 
+    quant = _Reader(path, top.get("quantization", dict, {}), "quantization", _QUANT_KEYS)
+    lists = {}
+    for key in ("exclude_nodes", "exclude_op_types"):
+        value = quant.get(key, list, [], "a list of names")
+        if not all(isinstance(v, str) and v for v in value):
+            quant.fail(f"quantization.{key}", value, "a list of non-empty strings")
+        lists[key] = tuple(value)
+    quantization = QuantizationSpec(quant.get("keep_head_float", bool, True, "true or false"),
+                                    lists["exclude_nodes"], lists["exclude_op_types"])
+
     return ModelConfig(
         name=name,
         directory=directory,
@@ -203,4 +225,5 @@ def load_model_config(path: Path) -> ModelConfig:
         max_frame_pixels=top.number("max_frame_pixels", 3840 * 2160, lo=1, integer=True),
         artifacts=artifacts,
         source_file=path,
+        quantization=quantization,
     )

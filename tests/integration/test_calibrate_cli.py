@@ -113,3 +113,23 @@ def test_interrupted_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pyte
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]
+
+
+def test_model_yaml_exclusions_are_honoured(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    folder = images(tmp_path / "calib", 4)
+    yaml_path = repo / "shapes" / "model.yaml"
+    first_conv = "/stem/stem.0/stem.0.0/Conv"
+    yaml_path.write_text(yaml_path.read_text() + f"quantization:\n  exclude_nodes: ['{first_conv}']\n")
+    code, out, err = run(capsys, repo, "calibrate", "shapes", "--images", str(folder), "--json")
+    assert code == 0, err
+    assert json.loads(out)["excluded"][first_conv] == "excluded by configuration"
+    for name in ("model.int8.onnx", "model.int8.tensorrt.onnx"):
+        graph = onnx.load(str(repo / "shapes" / name)).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        conv = next(n for n in graph.node if n.name == first_conv)
+        assert producers.get(conv.input[1]) != "DequantizeLinear"  # weights stay float
+    yaml_path.write_text(yaml_path.read_text().replace(first_conv, "/no/such/Conv"))
+    code, _, err = run(capsys, repo, "calibrate", "shapes", "--images", str(folder))
+    assert code == 2 and "'/no/such/Conv'" in err and "not in the model" in err

@@ -95,3 +95,15 @@ def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixtur
     rows = json.loads(out)
     assert code == 0 and [r["batch"] for r in rows] == [1, 3]
     assert all(r["raw_backend_fps"] > 0 and r["end_to_end_fps"] > 0 and r["efficiency"] > 0 for r in rows)
+
+
+def test_bundled_int8_artifact_keeps_the_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed INT8 Q/DQ model (trtserve calibrate, entropy, head kept float) against FP32."""
+    from trtserve.calibration import compare_precisions
+    from trtserve.repository import ModelRepository
+
+    config = ModelRepository(ENGINES).get("shapes")
+    assert config.available_precisions() == ["fp32", "int8"]
+    result = compare_precisions(config, 300)
+    assert result["map50_95_fp32"] - result["map50_95_int8"] <= 0.015, result
+    assert result["agreement_f1"] >= 0.95, result
