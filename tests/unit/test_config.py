@@ -89,7 +89,7 @@ def test_missing_artifact_says_what_to_do() -> None:
 def test_quantization_section(tmp_path: Path) -> None:
     cfg = load_model_config(write(tmp_path, {"quantization": {"exclude_op_types": ["Sigmoid"]}}))
     assert cfg.quantization.exclude_op_types == ("Sigmoid",) and cfg.quantization.keep_head_float
-    with pytest.raises(ConfigError, match="unknown key 'quantization.exclude'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'quantization\.exclude'"):
         load_model_config(write(tmp_path, {"quantization": {"exclude": ["x"]}}))
-    with pytest.raises(ConfigError, match="key 'quantization.exclude_nodes' has value"):
+    with pytest.raises(ConfigError, match=r"key 'quantization\.exclude_nodes' has value"):
         load_model_config(write(tmp_path, {"quantization": {"exclude_nodes": [1]}}))
