@@ -150,6 +150,14 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from trtserve.doctor import diagnose, render
+
+    report = diagnose()
+    _emit(report.as_dict(), args.json, render(report))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from trtserve.benchmark import throughput
 
@@ -234,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("doctor", help="what this host has and which backends and precisions will work")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("scenes", help="write synthetic scenes (PNG + COCO annotations), e.g. to calibrate with")
     p.add_argument("--out", type=Path, required=True)
