@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1
+.PHONY: demo test lint setup clean test-numpy1 protos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# regenerate trtserve/v1/*_pb2*.py from protos/ (a test checks the committed files match)
+protos: $(STAMP)
+	$(BIN)/python -m trtserve.protogen
 
 demo: $(STAMP)
 	$(BIN)/trtserve demo --out build/demo
