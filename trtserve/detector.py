@@ -18,6 +18,7 @@ from trtserve.config import ModelConfig
 from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
 from trtserve.heads import Detections, Head, Thresholds, make_head
 from trtserve.vision.frames import check_frame, decode_image
+from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
@@ -102,22 +103,39 @@ class Detector:
             return decode_image(bytes(frame), self.config.max_frame_pixels)
         return check_frame(frame, self.config.max_frame_pixels)
 
+    def letterbox(self, frame: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], Letterbox]:
+        """A checked frame letterboxed to the model input (uint8, H x W x 3) and its geometry."""
+        return self.preprocessor.letterbox_one(frame)
+
     def infer_batch(self, frames: list[NDArray[np.uint8]], thresholds: Thresholds | None = None
                     ) -> list[Detections]:
         """Run checked frames (at most max_batch_size) through the model; errors fail the whole batch."""
-        if not 0 < len(frames) <= self.config.max_batch_size:
-            raise InvalidFrameError(f"batch of {len(frames)} frames; expected 1..{self.config.max_batch_size}")
-        tensor, geometries = self.preprocessor.batch(frames)
+        boxed = [self.letterbox(f) for f in frames]
+        return self.infer_letterboxed([b[0] for b in boxed], [b[1] for b in boxed],
+                                      [thresholds or self.thresholds] * len(frames))
+
+    def infer_letterboxed(self, images: Sequence[NDArray[np.uint8]], geometries: Sequence[Letterbox],
+                          thresholds: Sequence[Thresholds]) -> list[Detections]:
+        """Letterboxed frames (at most max_batch_size) -> detections, each frame with its own thresholds.
+
+        A failure fails the whole batch (the caller decides who to tell).
+        """
+        if not 0 < len(images) <= self.config.max_batch_size:
+            raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
+        tensor = self.preprocessor.to_tensor(np.stack(images))
         if self.fixed_batch is not None and tensor.shape[0] < self.fixed_batch:
             pad = np.zeros((self.fixed_batch - tensor.shape[0], *tensor.shape[1:]), tensor.dtype)
             tensor = np.concatenate([tensor, pad])
         outputs = self.backend.infer({self.input_name: tensor})
-        outputs = {k: v[: len(frames)] for k, v in outputs.items()}
+        outputs = {k: v[: len(images)] for k, v in outputs.items()}
         shapes: list[tuple[int | None, ...]] = [tuple(int(d) for d in v.shape) for v in outputs.values()]
         if not self.head.accepts(shapes, len(self.config.class_names)):  # dynamic dims are known only now
             raise ModelLoadError(f"{self.config.source_file}: head.type '{self.head.type}' does not match the "
                                  f"output shapes {shapes} the model produced; fix head.type or classes")
-        return self.head.decode(outputs, geometries, thresholds or self.thresholds)
+        if all(t == thresholds[0] for t in thresholds):
+            return self.head.decode(outputs, list(geometries), thresholds[0])
+        return [self.head.decode({k: v[i : i + 1] for k, v in outputs.items()}, [geo], t)[0]
+                for i, (geo, t) in enumerate(zip(geometries, thresholds))]
 
     def detect(self, frames: Sequence[Frame], thresholds: Thresholds | None = None) -> list[FrameResult]:
         """Detect on any number of frames; a bad frame fails alone, a failing batch fails its frames only."""
