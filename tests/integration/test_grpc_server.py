@@ -1,0 +1,112 @@
+"""A real trtserve gRPC server on a free loopback port, the bundled model, real clients."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import cv2
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from trtserve.pipeline import BatcherConfig
+from trtserve.server import Server, ServerSettings
+from trtserve.synthetic import evaluation_set, video_frames
+from trtserve.v1 import detection_pb2 as pb
+from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+from ..conftest import ENGINES
+
+
+def raw_request(image, stream: str, seq: int) -> pb.DetectRequest:  # type: ignore[no-untyped-def]
+    h, w = image.shape[:2]
+    return pb.DetectRequest(stream_id=stream, sequence=seq, image=pb.Image(raw=pb.RawImage(
+        pixels=image.tobytes(), height=h, width=w, format=pb.PIXEL_FORMAT_BGR8)))
+
+
+def jpeg_request(image, stream: str, seq: int) -> pb.DetectRequest:  # type: ignore[no-untyped-def]
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    return pb.DetectRequest(stream_id=stream, sequence=seq, image=pb.Image(encoded=data))
+
+
+async def with_server(test) -> None:  # type: ignore[no-untyped-def]
+    from trtserve.repository import ModelRepository
+
+    server = Server(ServerSettings(grpc_port=0, batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5)),
+                    ModelRepository(ENGINES))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await test(channel)
+    finally:
+        await server.stop()
+
+
+def test_a_300_frame_stream_gets_300_answers_in_order() -> None:
+    frames = [s.image_bgr for s in video_frames(300)]
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            for i, f in enumerate(frames):
+                yield (raw_request if i % 2 else jpeg_request)(f, "cam-1", i)
+
+        answers = [r async for r in stub.StreamDetect(requests())]
+        assert [a.sequence for a in answers] == list(range(300))
+        assert all(a.status == pb.STATUS_OK for a in answers)
+        assert sum(len(a.detections) for a in answers) > 300
+        assert answers[10].frame_width == 480 and answers[10].timing.total_seconds > 0
+
+    asyncio.run(with_server(test))
+
+
+def test_bad_frames_fail_alone_and_the_stream_goes_on() -> None:
+    good = next(s for s in evaluation_set(20) if len(s.class_ids) >= 2).image_bgr
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        short = raw_request(good, "cam", 2)
+        short.image.raw.pixels = short.image.raw.pixels[:-1]
+        batch = [jpeg_request(good, "cam", 0), pb.DetectRequest(stream_id="cam", sequence=1,
+                                                                image=pb.Image(encoded=b"\xff\xd8junk")),
+                 short, pb.DetectRequest(stream_id="cam", sequence=3), raw_request(good, "cam", 4)]
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            for r in batch:
+                yield r
+
+        answers = [r async for r in stub.StreamDetect(requests())]
+        assert [a.status for a in answers] == [pb.STATUS_OK, pb.STATUS_ERROR, pb.STATUS_ERROR, pb.STATUS_ERROR,
+                                               pb.STATUS_OK]
+        assert {a.error_code for a in answers[1:4]} == {"INVALID_ARGUMENT"}
+        assert "could not decode" in answers[1].reason and "needs" in answers[2].reason
+        assert "no image" in answers[3].reason
+        assert len(answers[4].detections) >= 2
+
+    asyncio.run(with_server(test))
+
+
+def test_unary_errors_carry_status_codes_and_streams_are_batched() -> None:
+    scenes = list(evaluation_set(16))
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Detect(pb.DetectRequest(model="cars", image=pb.Image(encoded=b"x")))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Detect(pb.DetectRequest(image=pb.Image(encoded=b"garbage")))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        answers = await asyncio.gather(*(stub.Detect(jpeg_request(s.image_bgr, f"cam-{i}", 0))
+                                         for i, s in enumerate(scenes)))
+        assert all(a.status == pb.STATUS_OK for a in answers)
+        info_ = await stub.GetModel(pb.GetModelRequest(name="shapes"))
+        assert info_.stats.mean_batch_size > 1 and info_.head == "yolov8" and info_.batcher.max_batch_size == 8
+        listed = await stub.ListModels(pb.ListModelsRequest())
+        assert [m.name for m in listed.models] == ["shapes"]
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "shapes"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    asyncio.run(with_server(test))
