@@ -100,13 +100,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trtserve.demo import run_demo
+    from trtserve.demo import run_demo, run_demo_over_grpc
 
-    with _detector(args) as detector:
-        result = run_demo(detector, args.out, args.video, progress=not args.json)
+    if args.in_process:
+        with _detector(args) as detector:
+            result = run_demo(detector, args.out, args.video, progress=not args.json)
+    else:
+        result = run_demo_over_grpc(args.repository, args.model, args.precision, args.out, args.video,
+                                    progress=not args.json)
     s = result.summary
-    text = (f"{s['frames']} frames, {s['detections']} detections, {s['fps']} frames/s "
-            f"(batch {s['batch_size']}, {s['precision']})\n")
+    how = f"over gRPC at {s['server']}, mean batch {s['mean_batch_size']}" if s["mode"] == "grpc" \
+        else f"in-process, batch {s['batch_size']}"
+    text = f"{s['frames']} frames, {s['detections']} detections, {s['fps']} frames/s ({how}, {s['precision']})\n"
     if "ground_truth" in s:
         g = s["ground_truth"]
         text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
@@ -147,6 +152,36 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     path = write_coco([render_scene(args.seed if args.seed is not None else CALIBRATION_SEED, i)
                        for i in range(args.num)], args.out)
     _emit({"images": args.num, "annotations": str(path)}, args.json, f"wrote {args.num} scenes and {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from trtserve.repository import ModelRepository
+    from trtserve.server import Server
+    from trtserve.server_config import load_server_settings
+
+    settings = load_server_settings(args.config, overrides={
+        "host": args.host, "grpc_port": args.grpc_port, "models": args.model or None, "precision": args.precision,
+        "workers": args.workers, "batcher.max_batch_size": args.max_batch_size,
+        "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances})
+
+    async def run() -> None:
+        server = Server(settings, ModelRepository(args.repository))
+        await server.start()
+        sys.stderr.write(f"trtserve: serving {list(settings.models)} ({settings.precision}) on "
+                         f"{settings.host}:{server.port}\n")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        sys.stderr.write("trtserve: draining\n")
+        await server.stop()
+
+    asyncio.run(run())
     return 0
 
 
@@ -223,7 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("build/demo"), help="output folder (default build/demo)")
     p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--in-process", action="store_true", help="detect in this process instead of over gRPC")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve models over gRPC (trtserve.v1, health, reflection)")
+    p.add_argument("--config", type=Path, help="server YAML (precedence: file < TRTSERVE_* env < flags)")
+    p.add_argument("--host")
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--model", action="append", help="model to load (repeatable; the first is the default)")
+    p.add_argument("--precision", choices=["fp32", "int8"])
+    p.add_argument("--workers", type=int, help="decode/inference worker threads")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-queue-delay-ms", type=float)
+    p.add_argument("--instances", type=int, help="concurrent batches per model")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("calibrate", help="calibrate a model to INT8 (Q/DQ ONNX, TensorRT caches, report)")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--images", type=Path, help="folder of calibration images (searched recursively)")

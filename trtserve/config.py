@@ -92,7 +92,7 @@ _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale"
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
 
 
-class _Reader:
+class YamlReader:
     """Typed access to one mapping of the YAML document, with errors that name file and key."""
 
     def __init__(self, source: Path, data: Any, prefix: str, allowed: set[str]) -> None:
@@ -154,14 +154,14 @@ def load_model_config(path: Path) -> ModelConfig:
         raise ConfigError(f"{path}: no such model configuration file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    top = _Reader(path, document, "", _TOP_KEYS)
+    top = YamlReader(path, document, "", _TOP_KEYS)
     name = top.get("name", str, expected="the model name")
     if not name or "/" in name or name != name.strip():
         top.fail("name", name, "a non-empty name without '/' or surrounding spaces")
     directory = path.parent
     onnx_path = directory / top.get("onnx", str, expected="the FP32 ONNX file, relative to model.yaml")
 
-    inp = _Reader(path, top.get("input", dict, expected="the input specification"), "input", _INPUT_KEYS)
+    inp = YamlReader(path, top.get("input", dict, expected="the input specification"), "input", _INPUT_KEYS)
     std = inp.triple("std", (1.0, 1.0, 1.0))
     if any(s == 0 for s in std):
         inp.fail("input.std", list(std), "three non-zero numbers")
@@ -177,7 +177,7 @@ def load_model_config(path: Path) -> ModelConfig:
         pad_value=inp.number("pad_value", 114, lo=0, hi=255, integer=True),
     )
 
-    head = _Reader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)
+    head = YamlReader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)
     head_spec = HeadSpec(
         type=head.choice("type", HEAD_TYPES, "auto"),
         score_threshold=head.number("score_threshold", 0.25, lo=0.0, hi=1.0),
@@ -204,7 +204,7 @@ def load_model_config(path: Path) -> ModelConfig:
             top.fail(f"artifacts.{precision}", file, "a file name relative to model.yaml")
         artifacts[precision] = directory / file
 
-    quant = _Reader(path, top.get("quantization", dict, {}), "quantization", _QUANT_KEYS)
+    quant = YamlReader(path, top.get("quantization", dict, {}), "quantization", _QUANT_KEYS)
     lists = {}
     for key in ("exclude_nodes", "exclude_op_types"):
         value = quant.get(key, list, [], "a list of names")

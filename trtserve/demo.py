@@ -1,11 +1,21 @@
-"""The in-process demo: detect on the bundled sample video, write an annotated video and a JSON summary."""
+"""The demo: the bundled detector on the sample video, annotated video plus JSON summary.
+
+:func:`run_demo_over_grpc` (what ``make demo`` runs) starts a real ``trtserve serve`` process on a free
+loopback port, streams the video through ``StreamDetect`` and stops the server with SIGTERM;
+:func:`run_demo` does the same detection in-process. Both share the writing and the summary.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.detector import Detector
-from trtserve.errors import InvalidFrameError
+from trtserve.errors import InvalidFrameError, ServerError
+from trtserve.heads import Detections
 from trtserve.synthetic import video_frames, write_video
 from trtserve.vision.draw import annotate
 from trtserve.vision.matching import MatchCounts, match
@@ -39,69 +50,163 @@ def sample_video(directory: Path) -> Path:
     return path
 
 
-def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progress: bool = True) -> DemoResult:
-    """Detect on every frame of ``video`` (default: the sample), batched at the model's max batch size."""
+def read_video(path: Path) -> tuple[Iterator[NDArray[np.uint8]], float, int]:
+    """Frames of a video (lazily), its fps and frame count."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InvalidFrameError(f"cannot open video {path}; is it a video file OpenCV can read?")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+
+    def frames() -> Iterator[NDArray[np.uint8]]:
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield np.asarray(frame, np.uint8)
+        finally:
+            cap.release()
+
+    return frames(), fps, count
+
+
+def _write_and_summarize(pairs: Iterator[tuple[NDArray[np.uint8], Detections]], out_dir: Path, fps: float,
+                         class_names: tuple[str, ...], with_truth: bool, progress_total: int,
+                         progress: bool, header: dict[str, Any]) -> DemoResult:
     from tqdm import tqdm
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    use_sample = video is None
-    source = sample_video(out_dir) if video is None else video
-    cap = cv2.VideoCapture(str(source))
-    if not cap.isOpened():
-        raise InvalidFrameError(f"cannot open video {source}; is it a video file OpenCV can read?")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
-    truth = video_frames(SAMPLE_FRAMES) if use_sample else None
+    truth = video_frames(SAMPLE_FRAMES) if with_truth else None
     annotated_path = out_dir / "annotated.mp4"
     writer: cv2.VideoWriter | None = None
     per_class: Counter[str] = Counter()
     counts = MatchCounts(0, 0, 0, 0.0)
     frames = detections_total = 0
-    compute_s = 0.0
-    batch_size = detector.config.max_batch_size
-    names = detector.config.class_names
-    bar = tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, unit="frame", disable=not progress)
-    try:
-        while True:
-            batch: list[NDArray[np.uint8]] = []
-            for _ in range(batch_size):
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                batch.append(np.asarray(frame, np.uint8))
-            if not batch:
-                break
-            t0 = time.perf_counter()
-            results = detector.detect(batch)
-            compute_s += time.perf_counter() - t0
-            for frame, result in zip(batch, results):
-                if result.detections is None:
-                    raise RuntimeError(f"demo frame {frames} failed: {result.error}")
-                det = result.detections
+    t0 = time.perf_counter()
+    with tqdm(total=progress_total or None, unit="frame", disable=not progress) as bar:
+        try:
+            for frame, det in pairs:
                 if writer is None:
                     h, w = frame.shape[:2]
                     writer = cv2.VideoWriter(str(annotated_path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-                writer.write(annotate(frame, det, names))
-                per_class.update(names[int(c)] for c in det.class_ids)
+                writer.write(annotate(frame, det, class_names))
+                per_class.update(class_names[int(c)] for c in det.class_ids)
                 detections_total += len(det)
                 if truth is not None:
                     gt = next(truth)
                     counts += match(det.boxes_xyxy, det.scores, det.class_ids, gt.boxes_xyxy, gt.class_ids)
                 frames += 1
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        cap.release()
-        if writer is not None:
-            writer.release()
-    summary: dict[str, Any] = {
-        "model": detector.config.name, "precision": detector.precision, "video": str(source),
-        "frames": frames, "detections": detections_total, "detections_per_class": dict(sorted(per_class.items())),
-        "fps": round(frames / compute_s, 1) if compute_s else 0.0, "batch_size": batch_size,
-        "annotated_video": str(annotated_path),
-    }
+                bar.update(1)
+        finally:
+            if writer is not None:
+                writer.release()
+    elapsed = time.perf_counter() - t0
+    summary: dict[str, Any] = {**header, "frames": frames, "detections": detections_total,
+                               "detections_per_class": dict(sorted(per_class.items())),
+                               "fps": round(frames / elapsed, 1) if elapsed else 0.0,
+                               "annotated_video": str(annotated_path)}
     if truth is not None:
         summary["ground_truth"] = {"f1_iou50": round(counts.f1, 4), "mean_iou": round(counts.mean_iou, 4),
                                    "missed": counts.false_negatives, "extra": counts.false_positives}
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return DemoResult(summary, annotated_path, summary_path)
+
+
+def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progress: bool = True) -> DemoResult:
+    """Detect in-process on every frame of ``video`` (default: the sample), in batches of max_batch_size."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = sample_video(out_dir) if video is None else video
+    frames, fps, count = read_video(source)
+    batch_size = detector.config.max_batch_size
+
+    def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
+        while batch := [f for _, f in zip(range(batch_size), frames)]:
+            for frame, result in zip(batch, detector.detect(batch)):
+                if result.detections is None:
+                    raise RuntimeError(f"demo frame failed: {result.error}")
+                yield frame, result.detections
+
+    header = {"mode": "in-process", "model": detector.config.name, "precision": detector.precision,
+              "video": str(source), "batch_size": batch_size}
+    return _write_and_summarize(pairs(), out_dir, fps, detector.config.class_names, video is None, count,
+                                progress, header)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_dir: Path,
+                       video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0
+                       ) -> DemoResult:
+    """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from trtserve.client import DetectionClient, Frame
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = sample_video(out_dir) if video is None else video
+    port = free_port()
+    cmd = [sys.executable, "-m", "trtserve.cli"]
+    if repository is not None:
+        cmd += ["--repository", str(repository)]
+    cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision]
+    log_path = out_dir / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        with DetectionClient(address, model) as client:
+            health = health_pb2_grpc.HealthStub(client._channel)
+            deadline = time.monotonic() + startup_timeout_s
+            while True:
+                if server.poll() is not None:
+                    raise ServerError(f"the server exited with status {server.returncode} before it was ready; "
+                                      f"see {log_path}:\n{log_path.read_text()[-2000:]}")
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(service=model), timeout=1.0).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except Exception:  # not listening yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(f"the server was not ready within {startup_timeout_s} s; see {log_path}")
+                time.sleep(0.2)
+            names = tuple(client.model_info(model).classes)
+            frames, fps, count = read_video(source)
+            sent: list[NDArray[np.uint8]] = []
+
+            def outgoing() -> Iterator[Frame]:
+                for i, frame in enumerate(frames):
+                    sent.append(frame)
+                    yield Frame(frame, "demo", i)
+
+            def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
+                for answer in client.stream(outgoing()):
+                    frame = sent.pop(0)
+                    if answer.status != 1:  # STATUS_OK
+                        raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
+                    boxes = np.array([[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]
+                                      for d in answer.detections], np.float32).reshape(-1, 4)
+                    yield frame, Detections(boxes, np.array([d.score for d in answer.detections], np.float32),
+                                            np.array([d.class_id for d in answer.detections], np.int64))
+
+            header = {"mode": "grpc", "server": address, "model": model, "precision": precision,
+                      "video": str(source)}
+            result = _write_and_summarize(pairs(), out_dir, fps, names, video is None, count, progress, header)
+            info = client.model_info(model)
+            result.summary["mean_batch_size"] = round(info.stats.mean_batch_size, 2)
+            result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    result.summary["server_exit_code"] = server.returncode
+    result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
+    return result

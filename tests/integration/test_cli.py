@@ -78,16 +78,22 @@ def test_bundled_detector_meets_the_map_target_through_eval(capsys: pytest.Captu
     assert result["map50_95"] >= 0.50, result
 
 
-def test_demo_writes_video_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_streams_through_a_real_server_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--json")
     summary = json.loads(out)
     assert code == 0
+    assert summary["mode"] == "grpc" and summary["server_exit_code"] == 0  # SIGTERM drained cleanly
+    assert summary["mean_batch_size"] > 1
     assert summary["frames"] == SAMPLE_FRAMES
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     cap = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == SAMPLE_FRAMES
     cap.release()
     assert summary["ground_truth"]["f1_iou50"] > 0.8
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--json", "--in-process")
+    in_process = json.loads(out)
+    assert code == 0 and in_process["mode"] == "in-process"
+    assert in_process["ground_truth"]["f1_iou50"] == pytest.approx(summary["ground_truth"]["f1_iou50"], abs=0.01)
 
 
 def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,117 @@
+"""Client SDK for ``trtserve.v1``: sync (:class:`DetectionClient`) and asyncio (:class:`AsyncDetectionClient`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.v1 import detection_pb2 as pb
+from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame to send: BGR pixels, its stream and sequence number."""
+
+    image_bgr: NDArray[np.uint8]
+    stream_id: str = ""
+    sequence: int = 0
+
+
+def make_request(frame: Frame, model: str = "", jpeg_quality: int | None = 90) -> pb.DetectRequest:
+    """Encode a frame as JPEG (``jpeg_quality``) or, with ``None``, as raw BGR pixels."""
+    request = pb.DetectRequest(model=model, stream_id=frame.stream_id, sequence=frame.sequence)
+    if jpeg_quality is None:
+        h, w = frame.image_bgr.shape[:2]
+        request.image.raw.CopyFrom(pb.RawImage(pixels=np.ascontiguousarray(frame.image_bgr).tobytes(),
+                                               height=h, width=w, format=pb.PIXEL_FORMAT_BGR8))
+    else:
+        ok, buf = cv2.imencode(".jpg", frame.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise ValueError("OpenCV could not JPEG-encode the frame")
+        request.image.encoded = buf.tobytes()
+    return request
+
+
+class DetectionClient:
+    """Blocking client. ``with DetectionClient("127.0.0.1:8001") as c: c.detect(frame)``."""
+
+    def __init__(self, address: str, model: str = "", jpeg_quality: int | None = 90,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._channel = (grpc.secure_channel(address, credentials) if credentials is not None
+                         else grpc.insecure_channel(address))
+        self._stub = pb_grpc.DetectionServiceStub(self._channel)
+        self.model, self.jpeg_quality = model, jpeg_quality
+
+    def detect(self, image_bgr: NDArray[np.uint8], timeout_s: float | None = None) -> pb.DetectResponse:
+        """One frame; raises grpc.RpcError with the server's status code on failure."""
+        response: pb.DetectResponse = self._stub.Detect(make_request(Frame(image_bgr), self.model, self.jpeg_quality),
+                                                        timeout=timeout_s)
+        return response
+
+    def stream(self, frames: Iterable[Frame]) -> Iterator[pb.DetectResponse]:
+        """Send frames on one StreamDetect call; yields exactly one answer per frame, in order."""
+        requests = (make_request(f, self.model, self.jpeg_quality) for f in frames)
+        yield from self._stub.StreamDetect(requests)
+
+    def models(self) -> pb.ListModelsResponse:
+        response: pb.ListModelsResponse = self._stub.ListModels(pb.ListModelsRequest())
+        return response
+
+    def model_info(self, name: str = "") -> pb.ModelInfo:
+        info: pb.ModelInfo = self._stub.GetModel(pb.GetModelRequest(name=name or self.model))
+        return info
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> DetectionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncDetectionClient:
+    """asyncio client with the same methods as :class:`DetectionClient`."""
+
+    def __init__(self, address: str, model: str = "", jpeg_quality: int | None = 90,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+                         else grpc.aio.insecure_channel(address))
+        self._stub = pb_grpc.DetectionServiceStub(self._channel)
+        self.model, self.jpeg_quality = model, jpeg_quality
+
+    async def detect(self, image_bgr: NDArray[np.uint8], timeout_s: float | None = None) -> pb.DetectResponse:
+        response: pb.DetectResponse = await self._stub.Detect(
+            make_request(Frame(image_bgr), self.model, self.jpeg_quality), timeout=timeout_s)
+        return response
+
+    async def stream(self, frames: AsyncIterator[Frame] | Iterable[Frame]) -> AsyncIterator[pb.DetectResponse]:
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            if isinstance(frames, AsyncIterator):
+                async for f in frames:
+                    yield make_request(f, self.model, self.jpeg_quality)
+            else:
+                for f in frames:
+                    yield make_request(f, self.model, self.jpeg_quality)
+
+        async for response in self._stub.StreamDetect(requests()):
+            yield response
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncDetectionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,102 @@
+"""Server settings from a YAML file, the environment and command-line flags — in that precedence.
+
+defaults < ``--config FILE`` < ``TRTSERVE_*`` environment variables < explicit command-line flags.
+Unknown keys and wrong types are rejected with the file (or variable), the key and the value named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trtserve.config import PRECISIONS, YamlReader
+from trtserve.errors import ConfigError
+from trtserve.pipeline import BatcherConfig
+from trtserve.server import ServerSettings
+
+_TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher"}
+_BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
+ENV_PREFIX = "TRTSERVE_"
+# environment variable -> (key, parser)
+_ENV: dict[str, tuple[str, Any]] = {
+    "MODELS": ("models", lambda v: [m.strip() for m in v.split(",") if m.strip()]),
+    "PRECISION": ("precision", str),
+    "HOST": ("host", str),
+    "GRPC_PORT": ("grpc_port", int),
+    "WORKERS": ("workers", int),
+    "GRACE_PERIOD_S": ("grace_period_s", float),
+    "MAX_BATCH_SIZE": ("batcher.max_batch_size", int),
+    "MAX_QUEUE_DELAY_MS": ("batcher.max_queue_delay_ms", float),
+    "MAX_QUEUE_SIZE": ("batcher.max_queue_size", int),
+    "INSTANCES": ("batcher.instances", int),
+}
+
+
+def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> ServerSettings:
+    top = YamlReader(source, dict(data), "", _TOP)
+    batcher_data = top.get("batcher", dict, {}, "a mapping")
+    b = YamlReader(source, batcher_data, "batcher", _BATCHER)
+    cur = settings.batcher
+    preferred = b.get("preferred_batch_sizes", list, list(cur.preferred_batch_sizes), "a list of integers")
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in preferred):
+        b.fail("batcher.preferred_batch_sizes", preferred, "a list of positive integers")
+    batcher = BatcherConfig(
+        max_batch_size=b.number("max_batch_size", cur.max_batch_size, lo=1, hi=1024, integer=True),
+        max_queue_delay_ms=b.number("max_queue_delay_ms", cur.max_queue_delay_ms, lo=0, hi=60000),
+        max_queue_size=b.number("max_queue_size", cur.max_queue_size, lo=1, hi=1_000_000, integer=True),
+        preferred_batch_sizes=tuple(preferred),
+        instances=b.number("instances", cur.instances, lo=1, hi=64, integer=True))
+    models = top.get("models", list, list(settings.models), "a list of model names")
+    if not models or not all(isinstance(m, str) and m for m in models):
+        top.fail("models", models, "a non-empty list of model names")
+    return replace(
+        settings, models=tuple(models), precision=top.choice("precision", PRECISIONS, settings.precision),
+        host=top.get("host", str, settings.host), grpc_port=top.number("grpc_port", settings.grpc_port, lo=0,
+                                                                        hi=65535, integer=True),
+        workers=top.number("workers", settings.workers, lo=1, hi=256, integer=True),
+        grace_period_s=top.number("grace_period_s", settings.grace_period_s, lo=0, hi=3600),
+        max_message_bytes=top.number("max_message_bytes", settings.max_message_bytes, lo=1024, integer=True),
+        batcher=batcher)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parent, _, leaf = key.rpartition(".")
+        (out.setdefault(parent, {}) if parent else out)[leaf] = value
+    return out
+
+
+def load_server_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None,
+                         overrides: Mapping[str, Any] | None = None) -> ServerSettings:
+    """Settings with the documented precedence; ``overrides`` uses dotted keys (``batcher.instances``)."""
+    settings = ServerSettings()
+    if config_file is not None:
+        try:
+            document = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{config_file}: no such server configuration file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_file}: not valid YAML: {exc}") from None
+        settings = _apply(settings, document, Path(config_file))
+    env = os.environ if environ is None else environ
+    from_env: dict[str, Any] = {}
+    for suffix, (key, parse) in _ENV.items():
+        name = ENV_PREFIX + suffix
+        if name in env:
+            try:
+                from_env[key] = parse(env[name])
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={env[name]!r} is not a valid "
+                                  f"{getattr(parse, '__name__', 'value')}") from None
+    if from_env:
+        settings = _apply(settings, _nest(from_env), Path("<environment>"))
+    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if explicit:
+        settings = _apply(settings, _nest(explicit), Path("<command line>"))
+    return settings
