@@ -185,6 +185,79 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    import time
+
+    import cv2
+    import grpc
+    import numpy as np
+
+    from trtserve.client import DetectionClient, Frame
+    from trtserve.heads import Detections
+    from trtserve.vision.draw import annotate
+
+    source: int | str = int(args.source) if args.source.isdigit() else args.source
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        raise TrtserveError(f"cannot open {args.source!r}: not a readable video file, camera index or stream URL")
+    fps_in = cap.get(cv2.CAP_PROP_FPS) or 15.0
+    sent: list[np.ndarray] = []
+
+    def frames():  # type: ignore[no-untyped-def]
+        i = 0
+        while args.frames <= 0 or i < args.frames:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            sent.append(frame)
+            yield Frame(frame, args.stream_id, i)
+            i += 1
+
+    writer = None
+    latencies: list[float] = []
+    ok_frames = errors = 0
+    t0 = last = time.monotonic()
+    try:
+        with DetectionClient(args.server, args.model, None if args.raw else args.jpeg_quality) as client:
+            names = tuple(client.model_info(args.model).classes)
+            for answer in client.stream(frames()):
+                frame = sent.pop(0)
+                if answer.status != 1:
+                    errors += 1
+                    sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
+                    continue
+                ok_frames += 1
+                latencies.append(answer.timing.total_seconds)
+                if args.out is not None:
+                    if writer is None:
+                        h, w = frame.shape[:2]
+                        writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter.fourcc(*"mp4v"), fps_in, (w, h))
+                    det = Detections(
+                        np.array([[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max] for d in answer.detections],
+                                 np.float32).reshape(-1, 4),
+                        np.array([d.score for d in answer.detections], np.float32),
+                        np.array([d.class_id for d in answer.detections], np.int64))
+                    writer.write(annotate(frame, det, names))
+                now = time.monotonic()
+                if now - last >= 1.0 and not args.json:
+                    sys.stderr.write(f"{ok_frames / (now - t0):6.1f} frames/s   server latency p50 "
+                                     f"{1000 * float(np.median(latencies[-100:])):.1f} ms\n")
+                    last = now
+    except grpc.RpcError as exc:
+        raise TrtserveError(f"server {args.server}: {exc.code().name}: {exc.details()}") from None
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    elapsed = time.monotonic() - t0
+    lat = np.array(latencies or [0.0]) * 1000
+    summary = {"frames": ok_frames, "errors": errors, "fps": round(ok_frames / elapsed, 1) if elapsed else 0.0,
+               "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    _emit(summary, args.json, f"{ok_frames} frames ({errors} errors), {summary['fps']} frames/s, server latency "
+                              f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+    return 0 if errors == 0 else EXIT_USER_ERROR
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from trtserve.doctor import diagnose, render
 
@@ -260,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--in-process", action="store_true", help="detect in this process instead of over gRPC")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("stream", help="stream a video file, camera or RTSP/HTTP URL to a server")
+    p.add_argument("source", metavar="SOURCE", help="video file, camera index (0) or rtsp:// / http:// URL")
+    p.add_argument("--server", default="127.0.0.1:8001")
+    p.add_argument("--model", default="")
+    p.add_argument("--stream-id", default="stream-0")
+    p.add_argument("--out", type=Path, help="write the annotated video here")
+    p.add_argument("--frames", type=int, default=0, help="stop after this many frames (0: all)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--jpeg-quality", type=int, default=90)
+    enc.add_argument("--raw", action="store_true", help="send raw BGR pixels instead of JPEG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("serve", help="serve models over gRPC (trtserve.v1, health, reflection)")
     p.add_argument("--config", type=Path, help="server YAML (precedence: file < TRTSERVE_* env < flags)")

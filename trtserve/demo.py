@@ -139,42 +139,62 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_dir: Path,
-                       video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0
-                       ) -> DemoResult:
-    """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM."""
+def start_server_process(repository: Path | None, model: str, precision: str, log_path: Path,
+                         startup_timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``trtserve serve`` on a free loopback port; return it once its health says SERVING."""
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from trtserve.client import DetectionClient, Frame
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source = sample_video(out_dir) if video is None else video
     port = free_port()
     cmd = [sys.executable, "-m", "trtserve.cli"]
     if repository is not None:
         cmd += ["--repository", str(repository)]
     cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision]
-    log_path = out_dir / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if server.poll() is not None:
+                raise ServerError(f"the server exited with status {server.returncode} before it was ready; "
+                                  f"see {log_path}:\n{log_path.read_text()[-2000:]}")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=model), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return server, address
+            except grpc.RpcError:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                stop_server_process(server)
+                raise ServerError(f"the server was not ready within {startup_timeout_s} s; see {log_path}")
+            time.sleep(0.2)
+
+
+def stop_server_process(server: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM (the server drains), then wait; kill only if it overstays ``timeout_s``."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return int(server.returncode)
+
+
+def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_dir: Path,
+                       video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0
+                       ) -> DemoResult:
+    """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM."""
+    from trtserve.client import DetectionClient, Frame
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = sample_video(out_dir) if video is None else video
+    server, address = start_server_process(repository, model, precision, out_dir / "server.log", startup_timeout_s)
     try:
         with DetectionClient(address, model) as client:
-            health = health_pb2_grpc.HealthStub(client._channel)
-            deadline = time.monotonic() + startup_timeout_s
-            while True:
-                if server.poll() is not None:
-                    raise ServerError(f"the server exited with status {server.returncode} before it was ready; "
-                                      f"see {log_path}:\n{log_path.read_text()[-2000:]}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(service=model), timeout=1.0).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except Exception:  # not listening yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerError(f"the server was not ready within {startup_timeout_s} s; see {log_path}")
-                time.sleep(0.2)
             names = tuple(client.model_info(model).classes)
             frames, fps, count = read_video(source)
             sent: list[NDArray[np.uint8]] = []
@@ -201,12 +221,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
             result.summary["mean_batch_size"] = round(info.stats.mean_batch_size, 2)
             result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-    result.summary["server_exit_code"] = server.returncode
+        exit_code = stop_server_process(server)
+    result.summary["server_exit_code"] = exit_code
     result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
     return result

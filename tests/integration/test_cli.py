@@ -113,3 +113,20 @@ def test_bundled_int8_artifact_keeps_the_accuracy(capsys: pytest.CaptureFixture[
     result = compare_precisions(config, 300)
     assert result["map50_95_fp32"] - result["map50_95_int8"] <= 0.015, result
     assert result["agreement_f1"] >= 0.95, result
+
+
+def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trtserve.demo import sample_video, start_server_process, stop_server_process
+
+    video = sample_video(tmp_path)
+    server, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
+    try:
+        code, out, _ = run(capsys, "stream", str(video), "--server", address, "--frames", "40", "--raw",
+                           "--out", str(tmp_path / "out.mp4"), "--json")
+        summary = json.loads(out)
+        assert code == 0 and summary["frames"] == 40 and summary["errors"] == 0 and summary["p50_ms"] > 0
+        assert cv2.VideoCapture(str(tmp_path / "out.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 40
+        code, _, err = run(capsys, "stream", str(tmp_path / "absent.mp4"), "--server", address)
+        assert code == 2 and "cannot open" in err
+    finally:
+        assert stop_server_process(server) == 0
