@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve.backends import BackendOptions
 from trtserve.detector import Detector
+from trtserve.kserve import KServeService
 from trtserve.pipeline import BatcherConfig, Pipeline
 from trtserve.repository import ModelRepository
 from trtserve.service import DetectionService
@@ -59,8 +62,10 @@ class Server:
         server = grpc.aio.server(options=options)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(
             DetectionService(self._pipelines, self.settings.models[0]), server)
+        kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(self._pipelines), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name,
+                         kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                          health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(service_names, server)
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
