@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -46,6 +46,16 @@ def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
         array = np.frombuffer(raw.pixels, np.uint8).reshape(raw.height, raw.width, 3)
         return np.ascontiguousarray(array[..., ::-1]) if raw.format == pb.PIXEL_FORMAT_RGB8 else array
     raise InvalidFrameError("request has no image; set image.encoded or image.raw")
+
+
+OVERLOAD_POLICY_KEY = "x-trtserve-overload-policy"
+OVERLOAD_POLICIES = ("block", "drop_oldest")
+
+
+@dataclass
+class _StreamState:
+    running: int = 0
+    waiting: tuple[pb.DetectRequest, asyncio.Future[pb.DetectResponse]] | None = None
 
 
 class DetectionService(pb_grpc.DetectionServiceServicer):
@@ -111,18 +121,77 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
 
     async def StreamDetect(self, request_iterator: AsyncIterator[pb.DetectRequest],  # noqa: N802
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectResponse]:
-        # Answers leave in arrival order (so in order per stream); at most max_in_flight frames are in
-        # the pipeline per call: past that, reading waits (flow control back to the client).
-        pending: deque[asyncio.Task[pb.DetectResponse]] = deque()
+        """Answers leave in arrival order, so in order per stream; every frame gets exactly one.
+
+        Overload policy (call metadata ``x-trtserve-overload-policy``, default ``block``):
+        ``block`` — at most ``max_in_flight`` frames of the call are in the pipeline; past that the
+        server stops reading, which is flow control back to the client. ``drop_oldest`` — per stream,
+        at most ``max_in_flight`` frames run and one waits; a newer frame replaces the waiting one,
+        which is answered ``STATUS_DROPPED``: live video keeps the freshest frame.
+        """
+        metadata = dict(context.invocation_metadata() or ())
+        policy = metadata.get(OVERLOAD_POLICY_KEY, "block")
+        if policy not in OVERLOAD_POLICIES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{OVERLOAD_POLICY_KEY} {policy!r}; expected one of {list(OVERLOAD_POLICIES)}")
+        order: asyncio.Queue[asyncio.Future[pb.DetectResponse] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_in_flight)
+        streams: dict[str, _StreamState] = {}
+        tasks: set[asyncio.Task[None]] = set()
+
+        def launch(request: pb.DetectRequest, answer: asyncio.Future[pb.DetectResponse],
+                   state: _StreamState | None) -> None:
+            async def run() -> None:
+                try:
+                    response = await self._answer(request, None)
+                    if not answer.done():
+                        answer.set_result(response)
+                finally:
+                    if state is not None:
+                        state.running -= 1
+                        if state.waiting is not None:
+                            waiting, state.waiting = state.waiting, None
+                            state.running += 1
+                            launch(*waiting, state)
+
+            task = asyncio.create_task(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    answer: asyncio.Future[pb.DetectResponse] = asyncio.get_running_loop().create_future()
+                    if policy == "block":
+                        await slots.acquire()  # released when the answer has been sent
+                        await order.put(answer)
+                        launch(request, answer, None)
+                        continue
+                    await order.put(answer)
+                    state = streams.setdefault(request.stream_id, _StreamState())
+                    if state.running < self.max_in_flight:
+                        state.running += 1
+                        launch(request, answer, state)
+                    else:
+                        if state.waiting is not None:
+                            old_request, old_answer = state.waiting
+                            old_answer.set_result(pb.DetectResponse(
+                                stream_id=old_request.stream_id, sequence=old_request.sequence,
+                                status=pb.STATUS_DROPPED, reason="replaced by a newer frame of this stream"))
+                        state.waiting = (request, answer)
+            finally:
+                await order.put(None)
+
+        reader = asyncio.create_task(read())
         try:
-            async for request in request_iterator:
-                pending.append(asyncio.create_task(self._answer(request, None)))
-                while pending and (pending[0].done() or len(pending) >= self.max_in_flight):
-                    yield await pending.popleft()
-            while pending:
-                yield await pending.popleft()
+            while (answer := await order.get()) is not None:
+                yield await answer
+                if policy == "block":
+                    slots.release()
+            await reader
         finally:
-            for task in pending:  # the client went away: its queued frames are abandoned
+            reader.cancel()
+            for task in list(tasks):  # the client went away: its queued frames are abandoned
                 task.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802

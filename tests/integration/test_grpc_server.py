@@ -110,3 +110,27 @@ def test_unary_errors_carry_status_codes_and_streams_are_batched() -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     asyncio.run(with_server(test))
+
+
+def test_drop_oldest_keeps_the_freshest_frame_and_answers_every_frame() -> None:
+    frames = [s.image_bgr for s in video_frames(120)]
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            for i, f in enumerate(frames):  # raw frames arrive much faster than the CPU model runs
+                yield raw_request(f, "cam-live", i)
+
+        call = stub.StreamDetect(requests(), metadata=(("x-trtserve-overload-policy", "drop_oldest"),))
+        answers = [r async for r in call]
+        assert [a.sequence for a in answers] == list(range(120))
+        statuses = [a.status for a in answers]
+        assert statuses.count(pb.STATUS_DROPPED) > 0 and statuses[-1] == pb.STATUS_OK
+        assert set(statuses) <= {pb.STATUS_OK, pb.STATUS_DROPPED}
+        bad = stub.StreamDetect(requests(), metadata=(("x-trtserve-overload-policy", "yolo"),))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _ = [r async for r in bad]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    asyncio.run(with_server(test))
