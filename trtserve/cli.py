@@ -166,7 +166,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_server_settings(args.config, overrides={
         "host": args.host, "grpc_port": args.grpc_port, "models": args.model or None, "precision": args.precision,
         "workers": args.workers, "batcher.max_batch_size": args.max_batch_size,
-        "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances})
+        "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances,
+        "tls.cert_file": args.tls_cert, "tls.key_file": args.tls_key, "tls.client_ca_file": args.tls_client_ca,
+        "auth.tokens_file": args.tokens_file})
 
     async def run() -> None:
         server = Server(settings, ModelRepository(args.repository))
@@ -357,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
     p.add_argument("--instances", type=int, help="concurrent batches per model")
+    p.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA bundle for client certificates: enables mutual TLS")
+    p.add_argument("--tokens-file", help="bearer tokens, one per line: calls without one are UNAUTHENTICATED")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("calibrate", help="calibrate a model to INT8 (Q/DQ ONNX, TensorRT caches, report)")
     p.add_argument("model", metavar="MODEL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,14 @@ from trtserve.detector import Detector
 from trtserve.kserve import KServeService
 from trtserve.pipeline import BatcherConfig, Pipeline
 from trtserve.repository import ModelRepository
+from trtserve.security import (
+    HEALTH_SERVICE,
+    REFLECTION_SERVICES,
+    TlsSettings,
+    TokenAuthInterceptor,
+    load_tokens,
+    server_credentials,
+)
 from trtserve.service import DetectionService
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
@@ -33,6 +42,10 @@ class ServerSettings:
     workers: int = 2
     grace_period_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_streams: int = 100  # per connection (HTTP/2 streams)
+    tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
+    tokens_file: Path | None = None  # bearer-token auth when set
+    auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
 
 
 class Server:
@@ -57,9 +70,13 @@ class Server:
                                      options=BackendOptions())
             self._pipelines[name] = Pipeline(detector, self._executor, self.settings.batcher)
             await self._pipelines[name].start()
-        options = [("grpc.max_receive_message_length", self.settings.max_message_bytes),
-                   ("grpc.max_send_message_length", self.settings.max_message_bytes)]
-        server = grpc.aio.server(options=options)
+        s = self.settings
+        options = [("grpc.max_receive_message_length", s.max_message_bytes),
+                   ("grpc.max_send_message_length", s.max_message_bytes),
+                   ("grpc.max_concurrent_streams", s.max_concurrent_streams)]
+        interceptors = ([TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services)]
+                        if s.tokens_file is not None else [])
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(
             DetectionService(self._pipelines, self.settings.models[0]), server)
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(self._pipelines), server)
@@ -68,7 +85,13 @@ class Server:
                          kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                          health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(service_names, server)
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls is not None:
+            self.port = server.add_secure_port(address, server_credentials(s.tls))
+        else:
+            if s.host not in ("127.0.0.1", "localhost", "::1"):
+                logger.warning("serving plaintext gRPC on %s; configure tls for anything beyond loopback", address)
+            self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

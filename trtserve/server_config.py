@@ -17,9 +17,13 @@ import yaml
 from trtserve.config import PRECISIONS, YamlReader
 from trtserve.errors import ConfigError
 from trtserve.pipeline import BatcherConfig
+from trtserve.security import TlsSettings
 from trtserve.server import ServerSettings
 
-_TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher"}
+_TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher",
+        "max_concurrent_streams", "tls", "auth"}
+_TLS = {"cert_file", "key_file", "client_ca_file"}
+_AUTH = {"tokens_file", "exempt_services"}
 _BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
 ENV_PREFIX = "TRTSERVE_"
 # environment variable -> (key, parser)
@@ -51,6 +55,25 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         max_queue_size=b.number("max_queue_size", cur.max_queue_size, lo=1, hi=1_000_000, integer=True),
         preferred_batch_sizes=tuple(preferred),
         instances=b.number("instances", cur.instances, lo=1, hi=64, integer=True))
+    tls = settings.tls
+    if "tls" in top.data:
+        t = YamlReader(source, top.get("tls", dict, expected="a mapping"), "tls", _TLS)
+        old = settings.tls  # a later source may set only some of the keys
+        ca = t.get("client_ca_file", str, str(old.client_ca_file) if old and old.client_ca_file else None)
+        tls = TlsSettings(Path(t.get("cert_file", str, str(old.cert_file) if old else ...,
+                                     "the server certificate (PEM)")),
+                          Path(t.get("key_file", str, str(old.key_file) if old else ...,
+                                     "the server private key (PEM)")),
+                          Path(ca) if ca else None)
+    tokens_file, exempt = settings.tokens_file, settings.auth_exempt_services
+    if "auth" in top.data:
+        a = YamlReader(source, top.get("auth", dict, expected="a mapping"), "auth", _AUTH)
+        tokens = a.get("tokens_file", str, None, "a file with one token per line")
+        tokens_file = Path(tokens) if tokens else tokens_file
+        listed = a.get("exempt_services", list, list(exempt), "a list of gRPC service names")
+        if not all(isinstance(x, str) for x in listed):
+            a.fail("auth.exempt_services", listed, "a list of gRPC service names")
+        exempt = tuple(listed)
     models = top.get("models", list, list(settings.models), "a list of model names")
     if not models or not all(isinstance(m, str) and m for m in models):
         top.fail("models", models, "a non-empty list of model names")
@@ -61,7 +84,9 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         workers=top.number("workers", settings.workers, lo=1, hi=256, integer=True),
         grace_period_s=top.number("grace_period_s", settings.grace_period_s, lo=0, hi=3600),
         max_message_bytes=top.number("max_message_bytes", settings.max_message_bytes, lo=1024, integer=True),
-        batcher=batcher)
+        max_concurrent_streams=top.number("max_concurrent_streams", settings.max_concurrent_streams, lo=1,
+                                          hi=100000, integer=True),
+        tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt, batcher=batcher)
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
