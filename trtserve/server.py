@@ -77,8 +77,8 @@ class Server:
         interceptors = ([TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services)]
                         if s.tokens_file is not None else [])
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        detection_pb2_grpc.add_DetectionServiceServicer_to_server(
-            DetectionService(self._pipelines, self.settings.models[0]), server)
+        self.detection_service = DetectionService(self._pipelines, self.settings.models[0])
+        detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection_service, server)
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(self._pipelines), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name,
@@ -106,10 +106,10 @@ class Server:
         """Health NOT_SERVING first, then stop accepting, finish in-flight work within the grace period."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
-            stopping = self._server.stop(self.settings.grace_period_s)
-            for pipeline in self._pipelines.values():
-                await pipeline.stop(drain=True, timeout_s=self.settings.grace_period_s)
-            await stopping
+            # new calls are refused at once; calls already here keep their pipelines until they finish
+            await self._server.stop(self.settings.grace_period_s)
+        for pipeline in self._pipelines.values():
+            await pipeline.stop(drain=True, timeout_s=self.settings.grace_period_s)
         for pipeline in self._pipelines.values():
             pipeline.detector.close()
         self._executor.shutdown(wait=True)

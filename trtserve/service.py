@@ -64,6 +64,7 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         self.pipelines = pipelines
         self.default_model = default_model
         self.max_in_flight = max_in_flight_per_stream
+        self.frames_started = 0  # frames that reached a handler (for drain checks and metrics)
 
     def _pipeline(self, name: str) -> Pipeline:
         key = name or self.default_model
@@ -85,6 +86,7 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
     async def _answer(self, request: pb.DetectRequest, deadline_s: float | None) -> pb.DetectResponse:
         """Run one frame; never raises for a frame's own failure (it becomes STATUS_ERROR)."""
         response = pb.DetectResponse(stream_id=request.stream_id, sequence=request.sequence)
+        self.frames_started += 1
         try:
             pipeline = self._pipeline(request.model)
             outcome = await pipeline.detect(_frame(request), self._thresholds(pipeline, request), deadline_s)

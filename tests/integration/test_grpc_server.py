@@ -128,9 +128,40 @@ def test_drop_oldest_keeps_the_freshest_frame_and_answers_every_frame() -> None:
         statuses = [a.status for a in answers]
         assert statuses.count(pb.STATUS_DROPPED) > 0 and statuses[-1] == pb.STATUS_OK
         assert set(statuses) <= {pb.STATUS_OK, pb.STATUS_DROPPED}
-        bad = stub.StreamDetect(requests(), metadata=(("x-trtserve-overload-policy", "yolo"),))
+        async def nothing() -> AsyncIterator[pb.DetectRequest]:
+            return
+            yield  # an async generator that sends no frame
+
+        bad = stub.StreamDetect(nothing(), metadata=(("x-trtserve-overload-policy", "yolo"),))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             _ = [r async for r in bad]
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     asyncio.run(with_server(test))
+
+
+def test_shutdown_flips_health_first_and_finishes_in_flight_work() -> None:
+    from trtserve.repository import ModelRepository
+
+    frames = [s.image_bgr for s in video_frames(60)]
+
+    async def main() -> None:
+        server = Server(ServerSettings(grpc_port=0, grace_period_s=20), ModelRepository(ENGINES))
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="shapes"))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            stub = pb_grpc.DetectionServiceStub(channel)
+            answers = await asyncio.gather(*(stub.Detect(raw_request(f, "cam", i)) for i, f in enumerate(frames[:1])))
+            assert answers[0].status == pb.STATUS_OK
+            in_flight = [asyncio.ensure_future(stub.Detect(raw_request(f, "cam", i))) for i, f in enumerate(frames)]
+            while server.detection_service.frames_started < 1 + len(frames):  # every call has reached a handler
+                await asyncio.sleep(0.01)
+            stopping = asyncio.create_task(server.stop())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            await stopping
+        failed = [r for r in results if isinstance(r, Exception) or r.status != pb.STATUS_OK]
+        assert not failed, failed[:2]
+
+    asyncio.run(main())
