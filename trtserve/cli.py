@@ -271,6 +271,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trtserve.benchmark import throughput
 
+    if args.what == "streams":
+        from trtserve import bench_streams
+
+        r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
+                              args.server, args.kserve)
+        _emit(r, args.json, (
+            f"{r['streams']} streams x {r['frames_per_stream']} frames over {r['protocol']}: {r['fps']} frames/s; "
+            f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}\n"
+            f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
+            f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}"))
+        return 0
     if args.what == "calibration":
         from trtserve import bench_calibration
         from trtserve.repository import ModelRepository
@@ -394,9 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scenes)
 
-    p = model_command("bench", "in-process throughput (raw backend vs end to end, per batch size), or "
+    p = model_command("bench", "'streams' (default): concurrent streams against a server beside the raw engine; "
+                      "'throughput': in-process, raw backend vs end to end per batch size; "
                       "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static")
-    p.add_argument("what", nargs="?", choices=["throughput", "calibration"], default="throughput")
+    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration"], default="streams")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
+    p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
+    p.add_argument("--server", help="a running server (bench streams); default: start one here")
+    p.add_argument("--kserve", action="store_true", help="drive the KServe v2 API with tritonclient")
     p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
     p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")

@@ -43,6 +43,7 @@ class ServerSettings:
     grace_period_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 100  # per connection (HTTP/2 streams)
+    stream_max_in_flight: int = 4  # frames of one StreamDetect call in the pipeline at once
     tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
     tokens_file: Path | None = None  # bearer-token auth when set
     auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
@@ -77,7 +78,7 @@ class Server:
         interceptors = ([TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services)]
                         if s.tokens_file is not None else [])
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        self.detection_service = DetectionService(self._pipelines, self.settings.models[0])
+        self.detection_service = DetectionService(self._pipelines, self.settings.models[0], s.stream_max_in_flight)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection_service, server)
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(self._pipelines), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -21,7 +21,7 @@ from trtserve.security import TlsSettings
 from trtserve.server import ServerSettings
 
 _TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher",
-        "max_concurrent_streams", "tls", "auth"}
+        "max_concurrent_streams", "stream_max_in_flight", "tls", "auth"}
 _TLS = {"cert_file", "key_file", "client_ca_file"}
 _AUTH = {"tokens_file", "exempt_services"}
 _BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
@@ -86,6 +86,8 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         max_message_bytes=top.number("max_message_bytes", settings.max_message_bytes, lo=1024, integer=True),
         max_concurrent_streams=top.number("max_concurrent_streams", settings.max_concurrent_streams, lo=1,
                                           hi=100000, integer=True),
+        stream_max_in_flight=top.number("stream_max_in_flight", settings.stream_max_in_flight, lo=1, hi=1024,
+                                        integer=True),
         tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt, batcher=batcher)
 
 

@@ -97,7 +97,7 @@ def test_demo_streams_through_a_real_server_process(tmp_path: Path, capsys: pyte
 
 
 def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "bench", "--batch", "1", "3", "--repeats", "2", "--json")
+    code, out, _ = run(capsys, "bench", "throughput", "--batch", "1", "3", "--repeats", "2", "--json")
     rows = json.loads(out)
     assert code == 0 and [r["batch"] for r in rows] == [1, 3]
     assert all(r["raw_backend_fps"] > 0 and r["end_to_end_fps"] > 0 and r["efficiency"] > 0 for r in rows)
@@ -130,3 +130,14 @@ def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.
         assert code == 2 and "cannot open" in err
     finally:
         assert stop_server_process(server) == 0
+
+
+@pytest.mark.parametrize("kserve", [False, True])
+def test_bench_streams_answers_every_frame(kserve: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json"] + (["--kserve"] if kserve else [])
+    code, out, _ = run(capsys, *argv)
+    r = json.loads(out)
+    assert code == 0 and r["frames_sent"] == 36 and r["answered"] == 36 and r["lost"] == 0 and r["errors"] == 0
+    assert r["protocol"] == ("kserve" if kserve else "trtserve.v1")
+    assert r["fps"] > 0 and r["raw_backend_fps"] > 0 and 0 < r["efficiency"]
+    assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["mean_batch"] >= 1

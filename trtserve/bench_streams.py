@@ -1,0 +1,140 @@
+"""``trtserve bench``: N concurrent camera streams x M frames against a server, beside the raw engine.
+
+Against ``--server ADDR``, or (default) a ``trtserve serve`` process started here on a free port. Frames
+are the sample video's, encoded once before the clock starts. Reports throughput, client-side latency
+percentiles, the server's mean batch size (from GetModel), drops and errors, then measures the raw
+backend's throughput at that batch size in this process — after the load, so the two never share
+the CPU — and reports ``efficiency`` = fps / raw_backend_fps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from trtserve.synthetic import video_frames
+
+
+def _percentile_ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.array(values) * 1000, q)), 2) if values else 0.0
+
+
+async def _native_load(address: str, model: str, streams: int, frames: list[bytes]) -> dict[str, Any]:
+    import grpc
+
+    from trtserve.v1 import detection_pb2 as pb
+    from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    counts = {"ok": 0, "dropped": 0, "errors": 0}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.DetectionServiceStub(channel)
+
+        async def one(stream: int) -> None:
+            sent: dict[int, float] = {}
+
+            async def requests():  # type: ignore[no-untyped-def]
+                for i, blob in enumerate(frames):
+                    sent[i] = time.perf_counter()
+                    yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i,
+                                           image=pb.Image(encoded=blob))
+
+            async for answer in stub.StreamDetect(requests()):
+                latencies.append(time.perf_counter() - sent.pop(answer.sequence))
+                key = {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(answer.status, "errors")
+                counts[key] += 1
+
+        before = await stub.GetModel(pb.GetModelRequest(name=model))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(s) for s in range(streams)))
+        elapsed = time.perf_counter() - t0
+        after = await stub.GetModel(pb.GetModelRequest(name=model))
+    batches = after.stats.batches - before.stats.batches
+    mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
+    return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, **counts}
+
+
+async def _kserve_load(address: str, model: str, streams: int, frames: list[bytes]) -> dict[str, Any]:
+    import tritonclient.grpc.aio as tca
+    from tritonclient.grpc import InferInput
+    from tritonclient.utils import InferenceServerException
+
+    from trtserve.client import DetectionClient
+
+    latencies: list[float] = []
+    counts = {"ok": 0, "dropped": 0, "errors": 0}
+    client = tca.InferenceServerClient(address)
+    with DetectionClient(address, model) as native:
+        before = native.model_info(model)
+
+    async def one() -> None:
+        for blob in frames:
+            tensor = InferInput("IMAGE", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([blob], dtype=np.object_))
+            t = time.perf_counter()
+            try:
+                await client.infer(model, [tensor])
+                counts["ok"] += 1
+            except InferenceServerException:
+                counts["errors"] += 1
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(streams)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    with DetectionClient(address, model) as native:
+        after = native.model_info(model)
+    batches = after.stats.batches - before.stats.batches
+    mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
+    return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, **counts}
+
+
+def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
+        server: str | None = None, kserve: bool = False, jpeg_quality: int = 90) -> dict[str, Any]:
+    """Run the load and the raw-engine measurement; returns the report (see the module docstring)."""
+    from trtserve.benchmark import median_seconds
+    from trtserve.demo import start_server_process, stop_server_process
+    from trtserve.detector import Detector
+    from trtserve.repository import ModelRepository
+
+    frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
+              for s in video_frames(frames_per_stream)]
+    process = None
+    log = Path("build/bench-server.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if server is None:
+        process, server = start_server_process(repository, model, precision, log)
+    try:
+        load = _kserve_load if kserve else _native_load
+        result = asyncio.run(load(server, model, streams, frames))
+    finally:
+        if process is not None:
+            stop_server_process(process)
+    sent = streams * frames_per_stream
+    fps = result["ok"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
+    batch = max(1, round(result["mean_batch"]))
+    with Detector.open(ModelRepository(repository).get(model), precision) as detector:
+        images = [np.asarray(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), np.uint8)
+                  for b in frames[:batch]]
+        while len(images) < batch:
+            images += images[: batch - len(images)]
+        tensor, _ = detector.preprocessor.batch(images)
+        raw_s = median_seconds(lambda: detector.backend.infer({detector.input_name: tensor}), repeats=20)
+    raw_fps = batch / raw_s
+    lat = result["latencies"]
+    return {
+        "protocol": "kserve" if kserve else "trtserve.v1", "streams": streams, "frames_per_stream": frames_per_stream,
+        "frames_sent": sent, "answered": result["ok"] + result["dropped"] + result["errors"],
+        "fps": round(fps, 1), "raw_backend_fps": round(raw_fps, 1),
+        "efficiency": round(fps / raw_fps, 3) if raw_fps else 0.0,
+        "p50_ms": _percentile_ms(lat, 50), "p95_ms": _percentile_ms(lat, 95), "p99_ms": _percentile_ms(lat, 99),
+        "mean_batch": round(result["mean_batch"], 2), "raw_batch": batch,
+        "dropped": result["dropped"], "errors": result["errors"],
+        "lost": sent - (result["ok"] + result["dropped"] + result["errors"]),
+    }
