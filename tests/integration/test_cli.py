@@ -137,7 +137,7 @@ def test_bench_streams_answers_every_frame(kserve: bool, capsys: pytest.CaptureF
     argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json"] + (["--kserve"] if kserve else [])
     code, out, _ = run(capsys, *argv)
     r = json.loads(out)
-    assert code == 0 and r["frames_sent"] == 36 and r["answered"] == 36 and r["lost"] == 0 and r["errors"] == 0
+    assert code == 0 and r["frames_sent"] == 72 and r["answered"] == 72 and r["lost"] == 0 and r["errors"] == 0
     assert r["protocol"] == ("kserve" if kserve else "trtserve.v1")
     assert r["fps"] > 0 and r["raw_backend_fps"] > 0 and 0 < r["efficiency"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["mean_batch"] >= 1
