@@ -165,3 +165,47 @@ def test_shutdown_flips_health_first_and_finishes_in_flight_work() -> None:
         assert not failed, failed[:2]
 
     asyncio.run(main())
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_work_and_the_server_goes_on() -> None:
+    from trtserve.repository import ModelRepository
+
+    frames = [s.image_bgr for s in video_frames(40)]
+
+    async def main() -> None:
+        server = Server(ServerSettings(grpc_port=0), ModelRepository(ENGINES))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.DetectionServiceStub(channel)
+
+                async def endless() -> AsyncIterator[pb.DetectRequest]:
+                    for i in range(10_000):
+                        yield raw_request(frames[i % len(frames)], "cam", i)
+
+                call = stub.StreamDetect(endless())
+                got = 0
+                async for _ in call:
+                    got += 1
+                    if got == 5:
+                        call.cancel()
+                        break
+                pipeline = server.pipelines["shapes"]
+                for _ in range(500):  # the abandoned frames leave the queue
+                    if pipeline.batcher.queue_depth == 0 and pipeline.batcher.in_flight == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert pipeline.batcher.queue_depth == 0 and pipeline.batcher.in_flight == 0
+                started = server.detection_service.frames_started
+                assert started < 100  # reading stopped with the client
+                answer = await stub.Detect(raw_request(frames[0], "other", 0))
+                assert answer.status == pb.STATUS_OK
+                zero = pb.DetectRequest(image=pb.Image(raw=pb.RawImage(height=0, width=0,
+                                                                       format=pb.PIXEL_FORMAT_BGR8)))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Detect(zero)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty" in info.value.details()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
