@@ -209,3 +209,45 @@ def test_a_client_that_leaves_mid_stream_frees_its_work_and_the_server_goes_on()
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_backend_failure_fails_its_batch_and_the_server_keeps_serving(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real ONNX model that ONNX Runtime can only run at batch 1 (a Reshape to a fixed [1, -1])."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trtserve.repository import ModelRepository
+
+    folder = tmp_path / "fragile"
+    folder.mkdir()
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["images", "shape"], ["flat"]),
+         helper.make_node("ReduceMean", ["flat"], ["out"], axes=[1], keepdims=1)],
+        "fragile", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1])], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+              str(folder / "model.onnx"))
+    (folder / "model.yaml").write_text("name: fragile\nonnx: model.onnx\ninput: {height_px: 32, width_px: 32}\n"
+                                       "head: {type: raw}\nmax_batch_size: 4\n")
+    image = np.zeros((32, 32, 3), np.uint8)
+
+    async def main() -> None:
+        settings = ServerSettings(models=("fragile",), grpc_port=0,
+                                  batcher=BatcherConfig(max_batch_size=4, max_queue_delay_ms=500))
+        server = Server(settings, ModelRepository(tmp_path))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.DetectionServiceStub(channel)
+                together = await asyncio.gather(*(stub.Detect(raw_request(image, "cam", i)) for i in range(4)),
+                                                return_exceptions=True)
+                assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.INTERNAL
+                           for r in together)
+                alone = await stub.Detect(raw_request(image, "cam", 9))
+                assert alone.status == pb.STATUS_OK
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
