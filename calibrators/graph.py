@@ -8,7 +8,8 @@ Placement profiles:
   never the outputs of weighted ops.
 * ``onnxruntime`` — the same, plus the outputs of the quantized weighted ops (after a directly
   following Relu, which ORT folds in), because ONNX Runtime's CPU provider turns DQ -> Conv -> Q
-  into an integer convolution only when the output is quantized too.
+  into an integer convolution only when the output is quantized too. Where such an output feeds a
+  float head conv, that conv reads the dequantized tensor: its weights and arithmetic stay float.
 
 By default the detection head stays in float: walking back from each graph output through
 non-weighted ops (Sigmoid, Concat, Reshape, Softmax, DFL decode), every weighted op met is a final
@@ -120,8 +121,7 @@ def plan_quantization(model: onnx.ModelProto, profile: str = "tensorrt", keep_he
                 nxt = consumers.get(out, [])
                 if len(nxt) == 1 and nxt[0].op_type == "Relu" and nxt[0].name not in excluded:
                     out = nxt[0].output[0]
-                if all(c.name not in excluded for c in consumers.get(out, [])):  # else nobody reads it
-                    add(out)
+                add(out)
         elif node.op_type == "Add" and all(i not in initializers and i in producers for i in node.input):
             # A residual Add: its inputs, so it runs in INT8 -- except an input straight out of a
             # weighted op, which TensorRT fuses into that conv (no Q/DQ on weighted-op outputs).

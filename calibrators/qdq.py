@@ -91,7 +91,7 @@ def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
 
     dq_of = {t: activation_qdq(t) for t in plan.activations}
     for node in graph.node:
-        if node.name in excluded:
+        if node.name in excluded and plan.profile != "onnxruntime":
             continue
         takes_quantized = node.name in weighted or (
             node.op_type == "Add" and all(i not in inits for i in node.input)

@@ -80,8 +80,8 @@ def test_repository_lookup(tmp_path: Path) -> None:
         repo.get("renamed")
 
 
-def test_missing_artifact_says_what_to_do() -> None:
-    cfg = load_model_config(BUNDLED)
+def test_missing_artifact_says_what_to_do(tmp_path: Path) -> None:
+    cfg = load_model_config(write(tmp_path, {}, drop=("artifacts",)))
     with pytest.raises(ConfigError, match="trtserve calibrate shapes"):
         cfg.artifact("int8")
 
