@@ -194,8 +194,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import grpc
     import numpy as np
 
-    from trtserve.client import DetectionClient, Frame
-    from trtserve.heads import Detections
+    from trtserve.client import DetectionClient, Frame, detections_of
     from trtserve.vision.draw import annotate
 
     source: int | str = int(args.source) if args.source.isdigit() else args.source
@@ -234,12 +233,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     if writer is None:
                         h, w = frame.shape[:2]
                         writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter.fourcc(*"mp4v"), fps_in, (w, h))
-                    det = Detections(
-                        np.array([[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max] for d in answer.detections],
-                                 np.float32).reshape(-1, 4),
-                        np.array([d.score for d in answer.detections], np.float32),
-                        np.array([d.class_id for d in answer.detections], np.int64))
-                    writer.write(annotate(frame, det, names))
+                    writer.write(annotate(frame, detections_of(answer), names))
                 now = time.monotonic()
                 if now - last >= 1.0 and not args.json:
                     sys.stderr.write(f"{ok_frames / (now - t0):6.1f} frames/s   server latency p50 "

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.heads import Detections
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
@@ -21,6 +22,13 @@ class Frame:
     image_bgr: NDArray[np.uint8]
     stream_id: str = ""
     sequence: int = 0
+
+
+def detections_of(response: pb.DetectResponse) -> Detections:
+    """A response's detections as arrays (boxes xyxy in frame pixels, scores, class ids)."""
+    d = response.detections
+    boxes = np.array([[x.box.x_min, x.box.y_min, x.box.x_max, x.box.y_max] for x in d], np.float32).reshape(-1, 4)
+    return Detections(boxes, np.array([x.score for x in d], np.float32), np.array([x.class_id for x in d], np.int64))
 
 
 def make_request(frame: Frame, model: str = "", jpeg_quality: int | None = 90) -> pb.DetectRequest:

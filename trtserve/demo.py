@@ -188,7 +188,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                        video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0
                        ) -> DemoResult:
     """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM."""
-    from trtserve.client import DetectionClient, Frame
+    from trtserve.client import DetectionClient, Frame, detections_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     source = sample_video(out_dir) if video is None else video
@@ -209,10 +209,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                     frame = sent.pop(0)
                     if answer.status != 1:  # STATUS_OK
                         raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
-                    boxes = np.array([[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]
-                                      for d in answer.detections], np.float32).reshape(-1, 4)
-                    yield frame, Detections(boxes, np.array([d.score for d in answer.detections], np.float32),
-                                            np.array([d.class_id for d in answer.detections], np.int64))
+                    yield frame, detections_of(answer)
 
             header = {"mode": "grpc", "server": address, "model": model, "precision": precision,
                       "video": str(source)}

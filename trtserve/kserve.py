@@ -58,6 +58,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self.pipelines)}")
         return self.pipelines[name]
 
+    async def _pipeline_or_abort(self, name: str, context: grpc.aio.ServicerContext) -> Pipeline:
+        try:
+            return self._pipeline(name)
+        except TrtserveError as exc:
+            await context.abort(status_code(exc), str(exc))
+            raise  # abort raises; this only satisfies type checkers
+
     async def ServerLive(self, request: kpb.ServerLiveRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> kpb.ServerLiveResponse:
         return kpb.ServerLiveResponse(live=True)
@@ -76,11 +83,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: kpb.ModelMetadataRequest,  # noqa: N802
                             context: grpc.aio.ServicerContext) -> kpb.ModelMetadataResponse:
-        try:
-            p = self._pipeline(request.name)
-        except TrtserveError as exc:
-            await context.abort(status_code(exc), str(exc))
-            raise
+        p = await self._pipeline_or_abort(request.name, context)
         k = p.detector.thresholds.max_detections
         tensor = kpb.ModelMetadataResponse.TensorMetadata
         return kpb.ModelMetadataResponse(
@@ -91,11 +94,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: kpb.ModelConfigRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> kpb.ModelConfigResponse:
-        try:
-            p = self._pipeline(request.name)
-        except TrtserveError as exc:
-            await context.abort(status_code(exc), str(exc))
-            raise
+        p = await self._pipeline_or_abort(request.name, context)
         k = p.detector.thresholds.max_detections
         config = mc.ModelConfig(
             name=request.name, platform=f"trtserve_{p.detector.backend.name}",
