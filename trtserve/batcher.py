@@ -25,26 +25,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from trtserve.errors import BackendError, RequestError, TrtserveError
+from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError, TrtserveError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class QueueFullError(RequestError):
-    grpc_code = "RESOURCE_EXHAUSTED"
-
-
-class DeadlineExceededError(RequestError):
-    grpc_code = "DEADLINE_EXCEEDED"
-
-
-class NotServingError(RequestError):
-    """The batcher is not started, or is draining."""
-
-    grpc_code = "UNAVAILABLE"
 
 
 @dataclass

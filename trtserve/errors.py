@@ -29,6 +29,24 @@ class ModelNotFoundError(RequestError):
     grpc_code = "NOT_FOUND"
 
 
+class QueueFullError(RequestError):
+    """The model's queue is full: retry later or add capacity."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceededError(RequestError):
+    """The caller's deadline passed before the frame reached the engine."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class NotServingError(RequestError):
+    """Not accepting work: not started yet, or draining for shutdown."""
+
+    grpc_code = "UNAVAILABLE"
+
+
 class ServerError(TrtserveError):
     """A model or the server cannot go on (bad configuration, a model that will not load)."""
 

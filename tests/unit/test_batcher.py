@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from trtserve.batcher import DeadlineExceededError, DynamicBatcher, NotServingError, QueueFullError
-from trtserve.errors import BackendError
+from trtserve.batcher import DynamicBatcher
+from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError
 
 
 def run(coro):  # type: ignore[no-untyped-def]
