@@ -49,3 +49,24 @@ def test_clipping_and_out_buffer() -> None:
 def test_non_positive_size_is_rejected() -> None:
     with pytest.raises(ValueError, match="positive"):
         Letterbox.plan((0, 10), (256, 256))
+
+
+@pytest.mark.parametrize("mean, std, order, layout", [
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "rgb", "nchw"),  # fast path
+    ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bgr", "nchw"),  # fast path with shift and scale
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "rgb", "nchw"),  # ImageNet: per-channel path
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "rgb", "nhwc"),
+])
+def test_normalization_matches_the_formula(mean, std, order, layout) -> None:  # type: ignore[no-untyped-def]
+    from trtserve.config import InputSpec
+    from trtserve.vision.preprocess import Preprocessor
+
+    spec = InputSpec(None, layout, 8, 8, order, 1 / 255, mean, std, 114)
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    src = x[..., ::-1] if order == "rgb" else x
+    expected = (src.astype(np.float64) / 255 - np.array(mean)) / np.array(std)
+    if layout == "nchw":
+        expected = expected.transpose(0, 3, 1, 2)
+    got = Preprocessor(spec).to_tensor(x)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -28,6 +29,13 @@ class Preprocessor:
 
     def to_tensor(self, letterboxed: NDArray[np.uint8]) -> NDArray[np.floating]:
         """``[B, H, W, 3]`` BGR uint8 -> the model's layout, colour order and normalization (new array)."""
+        spec = self.spec
+        if (spec.layout == "nchw" and self.dtype == np.float32 and len(set(spec.mean)) == 1
+                and len(set(spec.std)) == 1):
+            # one C++ pass for swap, scale, shift and transpose: (x - mean/scale) * scale/std
+            return np.asarray(cv2.dnn.blobFromImages(
+                list(letterboxed), spec.scale / spec.std[0], swapRB=spec.color_order == "rgb",
+                mean=(spec.mean[0] / spec.scale,) * 3 if spec.scale else 0), np.float32)
         x = letterboxed[..., ::-1] if self.spec.color_order == "rgb" else letterboxed
         x = x.astype(np.float32) * np.float32(self.spec.scale)
         if self.spec.mean != (0.0, 0.0, 0.0) or self.spec.std != (1.0, 1.0, 1.0):
