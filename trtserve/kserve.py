@@ -50,8 +50,9 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, pipelines: Mapping[str, Pipeline]) -> None:
+    def __init__(self, pipelines: Mapping[str, Pipeline], max_in_flight_per_stream: int = 4) -> None:
         self.pipelines = pipelines
+        self.max_in_flight = max_in_flight_per_stream
 
     def _pipeline(self, name: str) -> Pipeline:
         if name not in self.pipelines:
@@ -160,10 +161,35 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             await context.abort(status_code(exc), str(exc))
             raise
 
+    async def _stream_answer(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
+        try:
+            return kpb.ModelStreamInferResponse(infer_response=await self._infer(request))
+        except TrtserveError as exc:  # the stream goes on; this request gets its error
+            return kpb.ModelStreamInferResponse(error_message=f"{status_code(exc).name}: {exc}")
+
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[kpb.ModelInferRequest],  # noqa: N802
                                context: grpc.aio.ServicerContext) -> AsyncIterator[kpb.ModelStreamInferResponse]:
-        async for request in request_iterator:
+        """Requests of one stream run concurrently (so they batch), answers leave in request order."""
+        order: asyncio.Queue[asyncio.Task[kpb.ModelStreamInferResponse] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        async def read() -> None:
             try:
-                yield kpb.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except TrtserveError as exc:  # the stream goes on; this request gets its error
-                yield kpb.ModelStreamInferResponse(error_message=f"{status_code(exc).name}: {exc}")
+                async for request in request_iterator:
+                    await slots.acquire()  # released once the answer is sent: flow control
+                    await order.put(asyncio.create_task(self._stream_answer(request)))
+            finally:
+                await order.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await order.get()) is not None:
+                yield await task
+                slots.release()
+            await reader
+        finally:
+            reader.cancel()
+            while not order.empty():
+                item = order.get_nowait()
+                if item is not None:
+                    item.cancel()

@@ -80,7 +80,8 @@ class Server:
         server = grpc.aio.server(options=options, interceptors=interceptors)
         self.detection_service = DetectionService(self._pipelines, self.settings.models[0], s.stream_max_in_flight)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection_service, server)
-        kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(self._pipelines), server)
+        kserve = KServeService(self._pipelines, s.stream_max_in_flight)
+        kpb_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name,
                          kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,

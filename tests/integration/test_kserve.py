@@ -57,11 +57,12 @@ def test_model_infer_and_stream_infer_match_detect(address: str) -> None:
         assert row[:n, 5].astype(int).tolist() == [d.class_id for d in answer.detections]
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    for blob in blobs:
-        client.async_stream_infer("shapes", [image_input([blob])])
-    client.async_stream_infer("shapes", [image_input([b"not an image"])])
+    for i, blob in enumerate(blobs):
+        client.async_stream_infer("shapes", [image_input([blob])], request_id=str(i))
+    client.async_stream_infer("shapes", [image_input([b"not an image"])], request_id="bad")
     got = [answers.get(timeout=30) for _ in range(4)]
     client.stop_stream()
+    assert [r.get_response().id for r, _ in got[:3]] == ["0", "1", "2"]  # concurrent, answered in order
     assert all(err is None for _, err in got[:3])
     assert got[3][1] is not None and "INVALID_ARGUMENT" in str(got[3][1])
     assert [int(r.as_numpy("NUM_DETECTIONS")[0]) for r, _ in got[:3]] == [
