@@ -163,3 +163,80 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         "lost": 2 * sent - sum(r["ok"] + r["dropped"] + r["errors"] for r in (result, paced)),
         "max_queue_delay_ms": max_queue_delay_ms,
     }
+
+
+def _metrics_overhead_us(model: str, precision: str, repeats: int = 20000) -> float:
+    """Microseconds of metric updates per frame: one frame_ok (5 stage observations + counter) + a batch share."""
+    from trtserve.metrics import Metrics, ModelMetrics
+
+    m = ModelMetrics(Metrics(process=False), model, precision)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        m.frame_ok(0.001, 0.002, 0.003, 0.0005, 0.0065)
+        m.batch_size.observe(4)
+    return (time.perf_counter() - t0) / repeats * 1e6
+
+
+def run_shadow(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
+               shadow_rate: float, repeats: int = 2, jpeg_quality: int = 90, load_fraction: float = 0.7
+               ) -> dict[str, Any]:
+    """The same load with the FP32 shadow off and on (``shadow_rate``), alternating, each on a fresh server.
+
+    Throughput is the unpaced peak; p99 is measured with cameras paced at ``load_fraction`` of the
+    shadow-off peak, the same offered load for both. Ratios are medians over ``repeats`` pairs.
+    """
+    from trtserve.client import DetectionClient
+    from trtserve.demo import start_server_process, stop_server_process
+
+    if precision == "fp32":
+        raise ValueError("the shadow is the FP32 model: benchmark a quantized precision (--precision int8)")
+    frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
+              for s in video_frames(frames_per_stream)]
+    log = Path("build/bench-shadow-server.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    interval_s = 0.0
+    drift: Any = None
+    for _ in range(repeats):
+        for mode in ("off", "on"):
+            rate = shadow_rate if mode == "on" else 0.0
+            process, server = start_server_process(repository, model, precision, log,
+                                                   extra_args=["--shadow-rate", str(rate)])
+            try:
+                peak = asyncio.run(_native_load(server, model, streams, frames))
+                fps = peak["ok"] / peak["elapsed_s"]
+                if not interval_s:  # pace both modes from the first shadow-off peak
+                    interval_s = streams / (load_fraction * fps)
+                paced = asyncio.run(_native_load(server, model, streams, frames, interval_s))
+                with DetectionClient(server, model) as client:
+                    info = client.model_info(model)
+                if mode == "on":
+                    drift = info.drift
+                runs[mode].append({"fps": fps, "p99_ms": _percentile_ms(paced["latencies"], 99),
+                                   "lost": 2 * streams * frames_per_stream - sum(
+                                       r["ok"] + r["dropped"] + r["errors"] for r in (peak, paced)),
+                                   "samples": info.drift.samples, "skipped": info.drift.skipped})
+            finally:
+                stop_server_process(process)
+
+    def med(mode: str, key: str) -> float:
+        return float(np.median([r[key] for r in runs[mode]]))
+
+    overhead_us = _metrics_overhead_us(model, precision)
+    return {
+        "streams": streams, "frames_per_stream": frames_per_stream, "precision": precision,
+        "shadow_rate": shadow_rate, "repeats": repeats, "latency_load_fraction": load_fraction,
+        "fps_shadow_off": round(med("off", "fps"), 1), "fps_shadow_on": round(med("on", "fps"), 1),
+        "p99_ms_shadow_off": round(med("off", "p99_ms"), 2), "p99_ms_shadow_on": round(med("on", "p99_ms"), 2),
+        "shadow_throughput_ratio": round(float(np.median([on["fps"] / off["fps"] for on, off in
+                                                          zip(runs["on"], runs["off"])])), 3),
+        "shadow_p99_ratio": round(float(np.median([on["p99_ms"] / off["p99_ms"] for on, off in
+                                                   zip(runs["on"], runs["off"])])), 3),
+        "drift_agreement_f1": round(drift.agreement_f1, 4) if drift is not None else None,
+        "drift_out_of_range_ratio": round(drift.out_of_range_ratio, 6) if drift is not None else None,
+        "shadow_samples": sum(r["samples"] for r in runs["on"]),
+        "shadow_skipped": sum(r["skipped"] for r in runs["on"]),
+        "metrics_overhead_us_per_frame": round(overhead_us, 2),
+        "metrics_overhead_fraction": round(overhead_us * 1e-6 * med("on", "fps"), 5),
+        "lost": sum(r["lost"] for mode in runs for r in runs[mode]),
+    }

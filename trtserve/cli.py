@@ -168,13 +168,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "workers": args.workers, "batcher.max_batch_size": args.max_batch_size,
         "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances,
         "tls.cert_file": args.tls_cert, "tls.key_file": args.tls_key, "tls.client_ca_file": args.tls_client_ca,
-        "auth.tokens_file": args.tokens_file})
+        "auth.tokens_file": args.tokens_file, "metrics_port": args.metrics_port,
+        "drift.sample_rate": args.shadow_rate})
 
     async def run() -> None:
         server = Server(settings, ModelRepository(args.repository))
         await server.start()
+        metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
         sys.stderr.write(f"trtserve: serving {list(settings.models)} ({settings.precision}) on "
-                         f"{settings.host}:{server.port}\n")
+                         f"{settings.host}:{server.port}{metrics}\n")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,6 +267,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trtserve.benchmark import throughput
 
+    shadow = args.what == "streams" and args.shadow_rate is not None
+    args.precision = args.precision or ("int8" if shadow else "fp32")
+    args.repeats = args.repeats or (2 if shadow else 20)
+    if shadow:
+        from trtserve import bench_streams
+
+        if not 0 < args.shadow_rate <= 1:
+            raise TrtserveError(f"--shadow-rate {args.shadow_rate}: expected a fraction of batches in (0, 1]")
+        r = bench_streams.run_shadow(args.repository, args.model, args.precision, args.streams,
+                                     args.frames_per_stream, args.shadow_rate, max(1, min(args.repeats, 5)))
+        _emit(r, args.json, (
+            f"{r['streams']} streams, {r['precision']} served, FP32 shadow on {r['shadow_rate']:.0%} of batches "
+            f"vs off (median of {r['repeats']} pairs):\n"
+            f"  throughput {r['fps_shadow_on']} vs {r['fps_shadow_off']} frames/s (ratio {r['shadow_throughput_ratio']})"
+            f"\n  p99 at {r['latency_load_fraction']:.0%} load {r['p99_ms_shadow_on']} vs {r['p99_ms_shadow_off']} ms "
+            f"(ratio {r['shadow_p99_ratio']})\n  drift agreement F1 {r['drift_agreement_f1']} over "
+            f"{r['shadow_samples']} frames ({r['shadow_skipped']} samples skipped: shadow busy); metrics "
+            f"{r['metrics_overhead_us_per_frame']} us per frame"))
+        return 0
     if args.what == "streams":
         from trtserve import bench_streams
 
@@ -368,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-client-ca", help="CA bundle for client certificates: enables mutual TLS")
     p.add_argument("--tokens-file", help="bearer tokens, one per line: calls without one are UNAUTHENTICATED")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 8002; 0: any free port)")
+    p.add_argument("--shadow-rate", type=float, metavar="R",
+                   help="compare this fraction of batches with the FP32 shadow, for every model (0 turns it off)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("calibrate", help="calibrate a model to INT8 (Q/DQ ONNX, TensorRT caches, report)")
     p.add_argument("model", metavar="MODEL")
@@ -410,8 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
     p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timing repeats (default 20); with --shadow-rate: off/on pairs (default 2, at most 5)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default=None,
+                   help="default fp32; int8 with --shadow-rate (the shadow is FP32)")
+    p.add_argument("--shadow-rate", type=float, metavar="R",
+                   help="bench streams with the FP32 shadow on R of the batches against off, in one run")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -55,6 +55,56 @@ class QuantizationSpec:
 
 
 @dataclass(frozen=True)
+class DriftSpec:
+    """FP32 shadow drift monitoring (``drift:`` in model.yaml and in the server config)."""
+
+    enabled: bool = False
+    sample_rate: float = 0.05  # fraction of batches copied to the shadow
+    max_pending: int = 2  # sampled batches waiting for or in the shadow; past that a sample is skipped
+    shadow_precision: str = "fp32"
+    shadow_backend: str = "onnxruntime"
+    shadow_providers: tuple[str, ...] = ("CPUExecutionProvider",)  # empty: the best the host offers
+    shadow_threads: int = 1  # intra-op threads of the shadow session
+    iou_threshold: float = 0.5
+    agreement_threshold: float = 0.9  # window agreement F1 below this logs a warning
+    window_frames: int = 200
+    min_window_frames: int = 20  # no verdict on fewer sampled frames
+    unhealthy_below_threshold: bool = False  # also flip the model's grpc.health.v1 status to NOT_SERVING
+    coverage_tensors: tuple[str, ...] = ()  # calibrated tensors reported one by one (input and all always)
+
+
+DRIFT_KEYS = {f for f in DriftSpec.__dataclass_fields__}
+
+
+def read_drift(reader: YamlReader, base: DriftSpec) -> DriftSpec:
+    """A ``drift:`` block over ``base``: keys present replace base values, each one validated."""
+    d = reader
+
+    def names(key: str, current: tuple[str, ...]) -> tuple[str, ...]:
+        value = d.get(key, list, list(current), "a list of names")
+        if not all(isinstance(v, str) and v for v in value):
+            d.fail(d.key(key), value, "a list of non-empty strings")
+        return tuple(value)
+
+    return DriftSpec(
+        enabled=d.get("enabled", bool, base.enabled, "true or false"),
+        sample_rate=d.number("sample_rate", base.sample_rate, lo=0.0, hi=1.0),
+        max_pending=d.number("max_pending", base.max_pending, lo=1, hi=1024, integer=True),
+        shadow_precision=d.choice("shadow_precision", PRECISIONS, base.shadow_precision),
+        shadow_backend=d.get("shadow_backend", str, base.shadow_backend, "a backend name"),
+        shadow_providers=names("shadow_providers", base.shadow_providers),
+        shadow_threads=d.number("shadow_threads", base.shadow_threads, lo=0, hi=256, integer=True),
+        iou_threshold=d.number("iou_threshold", base.iou_threshold, lo=0.05, hi=1.0),
+        agreement_threshold=d.number("agreement_threshold", base.agreement_threshold, lo=0.0, hi=1.0),
+        window_frames=d.number("window_frames", base.window_frames, lo=1, hi=1_000_000, integer=True),
+        min_window_frames=d.number("min_window_frames", base.min_window_frames, lo=1, hi=1_000_000, integer=True),
+        unhealthy_below_threshold=d.get("unhealthy_below_threshold", bool, base.unhealthy_below_threshold,
+                                        "true or false"),
+        coverage_tensors=names("coverage_tensors", base.coverage_tensors),
+    )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     directory: Path
@@ -67,6 +117,12 @@ class ModelConfig:
     artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision or artifact key -> file
     source_file: Path | None = None
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+    drift: Mapping[str, Any] = field(default_factory=dict)  # the model's own drift: keys (over server defaults)
+
+    def drift_settings(self, server_defaults: DriftSpec) -> DriftSpec:
+        """The server's drift defaults with this model's ``drift:`` keys on top."""
+        return read_drift(YamlReader(self.source_file or Path("model.yaml"), dict(self.drift), "drift", DRIFT_KEYS),
+                          server_defaults)
 
     def artifact(self, precision: str) -> Path:
         """The model file for ``precision`` (``fp32`` is the source ONNX)."""
@@ -86,7 +142,7 @@ class ModelConfig:
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
-             "quantization"}
+             "quantization", "drift"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
@@ -214,6 +270,9 @@ def load_model_config(path: Path) -> ModelConfig:
     quantization = QuantizationSpec(quant.get("keep_head_float", bool, True, "true or false"),
                                     lists["exclude_nodes"], lists["exclude_op_types"])
 
+    drift = top.get("drift", dict, {}, "a mapping")
+    read_drift(YamlReader(path, drift, "drift", DRIFT_KEYS), DriftSpec())  # validate now, apply at serve time
+
     return ModelConfig(
         name=name,
         directory=directory,
@@ -226,4 +285,5 @@ def load_model_config(path: Path) -> ModelConfig:
         artifacts=artifacts,
         source_file=path,
         quantization=quantization,
+        drift=drift,
     )

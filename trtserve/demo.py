@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,12 @@ def free_port() -> int:
 
 
 def start_server_process(repository: Path | None, model: str, precision: str, log_path: Path,
-                         startup_timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``trtserve serve`` on a free loopback port; return it once its health says SERVING."""
+                         startup_timeout_s: float = 120.0, metrics_port: int = 0, extra_args: Sequence[str] = ()
+                         ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``trtserve serve`` on a free loopback port; return it once its health says SERVING.
+
+    ``metrics_port`` 0 lets the server pick a free one (the log says which).
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -149,7 +153,8 @@ def start_server_process(repository: Path | None, model: str, precision: str, lo
     cmd = [sys.executable, "-m", "trtserve.cli"]
     if repository is not None:
         cmd += ["--repository", str(repository)]
-    cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision]
+    cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision,
+            "--metrics-port", str(metrics_port), *extra_args]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"

@@ -7,6 +7,7 @@ benchmark) are adapters over :class:`Detector`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,18 @@ from trtserve.vision.preprocess import Preprocessor
 logger = logging.getLogger(__name__)
 
 Frame = NDArray[np.uint8] | bytes
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch through the model: what went in, what came out, and where the time went (seconds)."""
+
+    tensor: NDArray[np.floating]
+    outputs: dict[str, NDArray[np.generic]]
+    detections: list[Detections]
+    preprocess_s: float  # normalize and layout of the letterboxed batch
+    inference_s: float
+    postprocess_s: float  # head decode, thresholds, NMS, un-letterbox
 
 
 @dataclass(frozen=True)
@@ -120,14 +133,34 @@ class Detector:
 
         A failure fails the whole batch (the caller decides who to tell).
         """
+        return self.run_batch(images, geometries, thresholds).detections
+
+    def run_batch(self, images: Sequence[NDArray[np.uint8]], geometries: Sequence[Letterbox],
+                  thresholds: Sequence[Thresholds]) -> BatchRun:
+        """:meth:`infer_letterboxed` keeping what monitoring needs: the input tensor, raw outputs, stage times."""
+        t0 = time.perf_counter()
         if not 0 < len(images) <= self.config.max_batch_size:
             raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
         tensor = self.preprocessor.to_tensor(np.stack(images))
-        if self.fixed_batch is not None and tensor.shape[0] < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - tensor.shape[0], *tensor.shape[1:]), tensor.dtype)
+        t1 = time.perf_counter()
+        outputs = self.infer_tensor(tensor)
+        t2 = time.perf_counter()
+        detections = self.decode(outputs, geometries, thresholds)
+        t3 = time.perf_counter()
+        return BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2)
+
+    def infer_tensor(self, tensor: NDArray[np.floating]) -> dict[str, NDArray[np.generic]]:
+        """A normalized input batch -> raw outputs (fixed-batch models are padded, then cut back)."""
+        n = tensor.shape[0]
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n, *tensor.shape[1:]), tensor.dtype)
             tensor = np.concatenate([tensor, pad])
         outputs = self.backend.infer({self.input_name: tensor})
-        outputs = {k: v[: len(images)] for k, v in outputs.items()}
+        return {k: v[:n] for k, v in outputs.items()}
+
+    def decode(self, outputs: dict[str, NDArray[np.generic]], geometries: Sequence[Letterbox],
+               thresholds: Sequence[Thresholds]) -> list[Detections]:
+        """Raw outputs of a batch -> detections in original-frame pixels, each frame with its thresholds."""
         shapes: list[tuple[int | None, ...]] = [tuple(int(d) for d in v.shape) for v in outputs.values()]
         if not self.head.accepts(shapes, len(self.config.class_names)):  # dynamic dims are known only now
             raise ModelLoadError(f"{self.config.source_file}: head.type '{self.head.type}' does not match the "

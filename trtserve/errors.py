@@ -15,6 +15,15 @@ class TrtserveError(Exception):
     grpc_code: str = "INTERNAL"
 
 
+def code_name(error: BaseException) -> str:
+    """The gRPC status code name for an exception: its ``grpc_code``, CANCELLED or INTERNAL (a bug)."""
+    if isinstance(error, TrtserveError):
+        return error.grpc_code
+    if type(error).__name__ == "CancelledError":  # asyncio's or concurrent.futures'
+        return "CANCELLED"
+    return "INTERNAL"
+
+
 class RequestError(TrtserveError):
     """One request failed; the server keeps serving."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,9 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from trtserve import __version__
 from trtserve.backends import BackendOptions
+from trtserve.config import DriftSpec
 from trtserve.detector import Detector
+from trtserve.drift import DriftMonitor
+from trtserve.grpc_metrics import MetricsInterceptor
 from trtserve.kserve import KServeService
+from trtserve.metrics import Metrics, device_collectors, start_metrics_http
 from trtserve.pipeline import BatcherConfig, Pipeline
 from trtserve.repository import ModelRepository
 from trtserve.security import (
@@ -47,6 +54,10 @@ class ServerSettings:
     tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
     tokens_file: Path | None = None  # bearer-token auth when set
     auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
+    metrics_port: int | None = 8002  # Prometheus /metrics; 0: any free port; None: off
+    metrics_host: str | None = None  # None: the same as host
+    device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
+    drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
 
 
 class Server:
@@ -60,23 +71,74 @@ class Server:
         self._pipelines: dict[str, Pipeline] = {}
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None  # bound port after start
+        self._metrics_http: Any = None
+        self._device_collectors: list[Any] = []
 
     @property
     def pipelines(self) -> dict[str, Pipeline]:
         return self._pipelines
 
     async def start(self) -> None:
-        for name in self.settings.models:
-            detector = Detector.open(self.repository.get(name), self.settings.precision,
-                                     options=BackendOptions())
-            self._pipelines[name] = Pipeline(detector, self._executor, self.settings.batcher)
-            await self._pipelines[name].start()
+        s = self.settings
+        try:
+            for name in s.models:
+                await self._load(name)
+            if s.metrics_port is not None:
+                self._metrics_http, self.metrics_port = start_metrics_http(
+                    self.metrics.registry, s.metrics_host or s.host, s.metrics_port)
+                self._device_collectors = device_collectors(self.metrics.registry, s.device_metrics)
+            await self._start_grpc()
+        except BaseException:
+            await self._release()
+            raise
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on %s:%d%s", list(self._pipelines), s.host, self.port,
+                    f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "")
+
+    async def _load(self, name: str) -> None:
+        s = self.settings
+        config = self.repository.get(name)
+        detector = Detector.open(config, s.precision, options=BackendOptions())
+        drift = None
+        try:
+            drift = self._drift_monitor(detector, config.drift_settings(s.drift))
+            pipeline = Pipeline(detector, self._executor, s.batcher, self.metrics, drift)
+        except BaseException:
+            if drift is not None:
+                drift.close()
+            detector.close()
+            raise
+        self._pipelines[name] = pipeline
+        self.metrics.build_info.labels(name, detector.precision, __version__, detector.backend.name,
+                                       detector.backend.runtime_version, detector.backend.device).set(1)
+        await pipeline.start()
+
+    def _drift_monitor(self, detector: Detector, spec: DriftSpec) -> DriftMonitor | None:
+        name = detector.config.name
+        if not spec.enabled or spec.sample_rate <= 0:
+            return None
+        if spec.shadow_precision == detector.precision and spec.shadow_backend == detector.backend.name:
+            logger.warning("model %s: drift monitoring off: the served model is already the %s %s shadow", name,
+                           spec.shadow_precision, spec.shadow_backend)
+            return None
+        loop = asyncio.get_running_loop()
+
+        def on_verdict(serving: bool) -> None:  # from the shadow thread
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._health.set(name, status)))
+
+        return DriftMonitor.open(detector, spec, self.metrics, on_verdict)
+
+    async def _start_grpc(self) -> None:
         s = self.settings
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
                    ("grpc.max_concurrent_streams", s.max_concurrent_streams)]
-        interceptors = ([TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services)]
-                        if s.tokens_file is not None else [])
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        if s.tokens_file is not None:
+            interceptors.append(TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services))
         server = grpc.aio.server(options=options, interceptors=interceptors)
         self.detection_service = DetectionService(self._pipelines, self.settings.models[0], s.stream_max_in_flight)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection_service, server)
@@ -96,8 +158,6 @@ class Server:
             self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        logger.info("serving %s on %s:%d", list(self._pipelines), self.settings.host, self.port)
 
     async def _set_health(self, status: int) -> None:
         await self._health.set("", status)
@@ -110,8 +170,18 @@ class Server:
         if self._server is not None:
             # new calls are refused at once; calls already here keep their pipelines until they finish
             await self._server.stop(self.settings.grace_period_s)
+        await self._release()
+
+    async def _release(self) -> None:
         for pipeline in self._pipelines.values():
             await pipeline.stop(drain=True, timeout_s=self.settings.grace_period_s)
         for pipeline in self._pipelines.values():
             pipeline.detector.close()
+        for collector in self._device_collectors:
+            if hasattr(collector, "close"):
+                collector.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
         self._executor.shutdown(wait=True)

@@ -14,14 +14,15 @@ from typing import Any
 
 import yaml
 
-from trtserve.config import PRECISIONS, YamlReader
+from trtserve.config import DRIFT_KEYS, PRECISIONS, YamlReader, read_drift
 from trtserve.errors import ConfigError
 from trtserve.pipeline import BatcherConfig
 from trtserve.security import TlsSettings
 from trtserve.server import ServerSettings
 
 _TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher",
-        "max_concurrent_streams", "stream_max_in_flight", "tls", "auth"}
+        "max_concurrent_streams", "stream_max_in_flight", "tls", "auth", "metrics_port", "metrics_host",
+        "device_metrics", "drift"}
 _TLS = {"cert_file", "key_file", "client_ca_file"}
 _AUTH = {"tokens_file", "exempt_services"}
 _BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
@@ -38,6 +39,9 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MAX_QUEUE_DELAY_MS": ("batcher.max_queue_delay_ms", float),
     "MAX_QUEUE_SIZE": ("batcher.max_queue_size", int),
     "INSTANCES": ("batcher.instances", int),
+    "METRICS_PORT": ("metrics_port", int),
+    "METRICS_HOST": ("metrics_host", str),
+    "SHADOW_RATE": ("drift.sample_rate", float),
 }
 
 
@@ -74,6 +78,16 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         if not all(isinstance(x, str) for x in listed):
             a.fail("auth.exempt_services", listed, "a list of gRPC service names")
         exempt = tuple(listed)
+    drift = settings.drift
+    if "drift" in top.data:
+        block = top.get("drift", dict, expected="a mapping")
+        drift = read_drift(YamlReader(source, block, "drift", DRIFT_KEYS), settings.drift)
+        if "sample_rate" in block and "enabled" not in block:  # a rate alone (--shadow-rate R) turns it on
+            drift = replace(drift, enabled=drift.sample_rate > 0)
+    metrics_port = settings.metrics_port
+    if "metrics_port" in top.data:
+        metrics_port = None if top.data["metrics_port"] is None else top.number(
+            "metrics_port", lo=0, hi=65535, integer=True)
     models = top.get("models", list, list(settings.models), "a list of model names")
     if not models or not all(isinstance(m, str) and m for m in models):
         top.fail("models", models, "a non-empty list of model names")
@@ -88,7 +102,9 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
                                           hi=100000, integer=True),
         stream_max_in_flight=top.number("stream_max_in_flight", settings.stream_max_in_flight, lo=1, hi=1024,
                                         integer=True),
-        tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt, batcher=batcher)
+        tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt, batcher=batcher, drift=drift,
+        metrics_port=metrics_port, metrics_host=top.get("metrics_host", str, settings.metrics_host),
+        device_metrics=top.choice("device_metrics", ("auto", "none"), settings.device_metrics))
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:

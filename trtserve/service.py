@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from trtserve.errors import InvalidFrameError, ModelNotFoundError, TrtserveError
+from trtserve.errors import InvalidFrameError, ModelNotFoundError, TrtserveError, code_name
 from trtserve.heads import Thresholds
 from trtserve.pipeline import FrameOutcome, Pipeline
 from trtserve.v1 import detection_pb2 as pb
@@ -26,9 +26,7 @@ logger = logging.getLogger(__name__)
 
 def status_code(error: BaseException) -> grpc.StatusCode:
     """The gRPC status for an exception: its ``grpc_code`` for trtserve errors, INTERNAL for bugs."""
-    if isinstance(error, TrtserveError):
-        return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
-    return grpc.StatusCode.INTERNAL
+    return getattr(grpc.StatusCode, code_name(error), grpc.StatusCode.INTERNAL)
 
 
 def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
@@ -108,6 +106,8 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         response.frame_width, response.frame_height = outcome.frame_width_px, outcome.frame_height_px
         response.timing.queue_seconds = outcome.queue_s
         response.timing.inference_seconds = outcome.inference_s
+        response.timing.preprocess_seconds = outcome.preprocess_s
+        response.timing.postprocess_seconds = outcome.postprocess_s
         response.timing.total_seconds = outcome.total_s
         for box, score, cls in zip(det.boxes_xyxy.tolist(), det.scores.tolist(), det.class_ids.tolist()):
             response.detections.add(box=pb.Box(x_min=box[0], y_min=box[1], x_max=box[2], y_max=box[3]),
@@ -177,6 +177,7 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
                     else:
                         if state.waiting is not None:
                             old_request, old_answer = state.waiting
+                            self._count_dropped(old_request)
                             old_answer.set_result(pb.DetectResponse(
                                 stream_id=old_request.stream_id, sequence=old_request.sequence,
                                 status=pb.STATUS_DROPPED, reason="replaced by a newer frame of this stream"))
@@ -195,6 +196,11 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
             reader.cancel()
             for task in list(tasks):  # the client went away: its queued frames are abandoned
                 task.cancel()
+
+    def _count_dropped(self, request: pb.DetectRequest) -> None:
+        pipeline = self.pipelines.get(request.model or self.default_model)
+        if pipeline is not None:  # an unknown model's frame is answered (and counted) when it runs
+            pipeline.metrics.dropped.inc()
 
     async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
@@ -218,4 +224,16 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
                                        max_queue_size=s.max_queue_size,
                                        preferred_batch_sizes=list(s.preferred_batch_sizes), instances=s.instances),
             stats=pb.BatcherStats(batches=stats.batches, frames=stats.items, mean_batch_size=stats.mean_batch_size,
-                                  queue_depth=p.batcher.queue_depth))
+                                  queue_depth=p.batcher.queue_depth),
+            drift=_drift(p))
+
+
+def _drift(p: Pipeline) -> pb.DriftSummary | None:
+    if p.drift is None:
+        return None
+    d = p.drift.summary()
+    return pb.DriftSummary(
+        sample_rate=d.sample_rate, shadow_precision=d.shadow_precision, samples=d.samples, skipped=d.skipped,
+        errors=d.errors, window_frames=d.window_frames, agreement_f1=d.agreement_f1, mean_iou=d.mean_iou,
+        mean_score_abs_diff=d.mean_score_abs_diff, missed=d.missed, extra=d.extra,
+        out_of_range_ratio=d.out_of_range_ratio, below_threshold=d.below_threshold, ranges_source=d.ranges_source)

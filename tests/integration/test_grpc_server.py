@@ -31,7 +31,7 @@ def jpeg_request(image, stream: str, seq: int) -> pb.DetectRequest:  # type: ign
 async def with_server(test) -> None:  # type: ignore[no-untyped-def]
     from trtserve.repository import ModelRepository
 
-    server = Server(ServerSettings(grpc_port=0, batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5)),
+    server = Server(ServerSettings(grpc_port=0, metrics_port=0, batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5)),
                     ModelRepository(ENGINES))
     await server.start()
     try:
@@ -146,7 +146,7 @@ def test_shutdown_flips_health_first_and_finishes_in_flight_work() -> None:
     frames = [s.image_bgr for s in video_frames(60)]
 
     async def main() -> None:
-        server = Server(ServerSettings(grpc_port=0, grace_period_s=20), ModelRepository(ENGINES))
+        server = Server(ServerSettings(grpc_port=0, metrics_port=0, grace_period_s=20), ModelRepository(ENGINES))
         await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="shapes"))
@@ -173,7 +173,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_work_and_the_server_goes_on()
     frames = [s.image_bgr for s in video_frames(40)]
 
     async def main() -> None:
-        server = Server(ServerSettings(grpc_port=0), ModelRepository(ENGINES))
+        server = Server(ServerSettings(grpc_port=0, metrics_port=0), ModelRepository(ENGINES))
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -234,7 +234,7 @@ def test_a_backend_failure_fails_its_batch_and_the_server_keeps_serving(tmp_path
     image = np.zeros((32, 32, 3), np.uint8)
 
     async def main() -> None:
-        settings = ServerSettings(models=("fragile",), grpc_port=0,
+        settings = ServerSettings(models=("fragile",), grpc_port=0, metrics_port=0,
                                   batcher=BatcherConfig(max_batch_size=4, max_queue_delay_ms=500))
         server = Server(settings, ModelRepository(tmp_path))
         await server.start()

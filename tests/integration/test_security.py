@@ -81,7 +81,7 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
                 await _models(channel)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    asyncio.run(_serve(ServerSettings(grpc_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"])),
+    asyncio.run(_serve(ServerSettings(grpc_port=0, metrics_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"])),
                        tls_only))
 
     async def mutual(port: int) -> None:
@@ -94,7 +94,7 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
                 await _models(channel)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    asyncio.run(_serve(ServerSettings(grpc_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"],
+    asyncio.run(_serve(ServerSettings(grpc_port=0, metrics_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"],
                                                                    pki["ca"])), mutual))
 
 
@@ -116,7 +116,7 @@ def test_bearer_tokens(tmp_path: Path) -> None:
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
 
-    asyncio.run(_serve(ServerSettings(grpc_port=0, tokens_file=tokens), test))
+    asyncio.run(_serve(ServerSettings(grpc_port=0, metrics_port=0, tokens_file=tokens), test))
     tokens.write_text("# nothing\n")
     with pytest.raises(ConfigError, match="holds no token"):
         load_tokens(tokens)

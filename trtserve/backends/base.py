@@ -55,6 +55,16 @@ class Backend(abc.ABC):
         self._require_loaded()
         return self._outputs
 
+    @property
+    def runtime_version(self) -> str:
+        """The runtime library's version (for build info); empty when unknown."""
+        return ""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, in a word or two (``cpu``, ``cuda:0``, a GPU name); for build info."""
+        return "unknown"
+
     def load(self) -> Backend:
         """Open the model. Raises :class:`ModelLoadError` with what to do when it cannot."""
         if not self._loaded:

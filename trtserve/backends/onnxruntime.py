@@ -71,3 +71,15 @@ class OnnxRuntimeBackend(Backend):
     @property
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
+
+    @property
+    def runtime_version(self) -> str:
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+
+    @property
+    def device(self) -> str:
+        first = self.providers[0] if self._loaded else ""
+        return {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"
+                }.get(first, first.removesuffix("ExecutionProvider").lower() or "unknown")

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrtserve/v1/detection.proto\x12\x0btrtserve.v1\"c\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.trtserve.v1.PixelFormat\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.trtserve.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"t\n\nThresholds\x12\x12\n\x05score\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03iou\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_detections\x18\x03 \x01(\rH\x02\x88\x01\x01\x42\x08\n\x06_scoreB\x06\n\x04_iouB\x11\n\x0f_max_detections\"\xb1\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x1c\n\x14\x63\x61pture_time_unix_ns\x18\x04 \x01(\x03\x12!\n\x05image\x18\x05 \x01(\x0b\x32\x12.trtserve.v1.Image\x12+\n\nthresholds\x18\x06 \x01(\x0b\x32\x17.trtserve.v1.Thresholds\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"Z\n\tDetection\x12\x1d\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x10.trtserve.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\"Q\n\x06Timing\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\"\x9c\x02\n\x0e\x44\x65tectResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.trtserve.v1.Status\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12*\n\ndetections\x18\x06 \x03(\x0b\x32\x16.trtserve.v1.Detection\x12\x13\n\x0b\x66rame_width\x18\x07 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x08 \x01(\r\x12#\n\x06timing\x18\t \x01(\x0b\x32\x13.trtserve.v1.Timing\x12\r\n\x05model\x18\n \x01(\t\x12\x11\n\tprecision\x18\x0b \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.trtserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8f\x01\n\x0f\x42\x61tcherSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\r\x12\x11\n\tinstances\x18\x05 \x01(\r\"]\n\x0c\x42\x61tcherStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x04\x12\x17\n\x0fmean_batch_size\x18\x03 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\r\"\x8b\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x14\n\x0cinput_height\x18\x04 \x01(\r\x12\x13\n\x0binput_width\x18\x05 \x01(\r\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x19\n\x11serving_precision\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12-\n\x07\x62\x61tcher\x18\t \x01(\x0b\x32\x1c.trtserve.v1.BatcherSettings\x12(\n\x05stats\x18\n \x01(\x0b\x32\x19.trtserve.v1.BatcherStats\x12\r\n\x05ready\x18\x0b \x01(\x08*Y\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x02*U\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x12\n\x0eSTATUS_DROPPED\x10\x02\x12\x10\n\x0cSTATUS_ERROR\x10\x03\x32\xb3\x02\n\x10\x44\x65tectionService\x12\x41\n\x06\x44\x65tect\x12\x1a.trtserve.v1.DetectRequest\x1a\x1b.trtserve.v1.DetectResponse\x12K\n\x0cStreamDetect\x12\x1a.trtserve.v1.DetectRequest\x1a\x1b.trtserve.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.trtserve.v1.ListModelsRequest\x1a\x1f.trtserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.trtserve.v1.GetModelRequest\x1a\x16.trtserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrtserve/v1/detection.proto\x12\x0btrtserve.v1\"c\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.trtserve.v1.PixelFormat\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.trtserve.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"t\n\nThresholds\x12\x12\n\x05score\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03iou\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_detections\x18\x03 \x01(\rH\x02\x88\x01\x01\x42\x08\n\x06_scoreB\x06\n\x04_iouB\x11\n\x0f_max_detections\"\xb1\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x1c\n\x14\x63\x61pture_time_unix_ns\x18\x04 \x01(\x03\x12!\n\x05image\x18\x05 \x01(\x0b\x32\x12.trtserve.v1.Image\x12+\n\nthresholds\x18\x06 \x01(\x0b\x32\x17.trtserve.v1.Thresholds\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"Z\n\tDetection\x12\x1d\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x10.trtserve.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\"\x8a\x01\n\x06Timing\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12preprocess_seconds\x18\x04 \x01(\x01\x12\x1b\n\x13postprocess_seconds\x18\x05 \x01(\x01\"\x9c\x02\n\x0e\x44\x65tectResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.trtserve.v1.Status\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12*\n\ndetections\x18\x06 \x03(\x0b\x32\x16.trtserve.v1.Detection\x12\x13\n\x0b\x66rame_width\x18\x07 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x08 \x01(\r\x12#\n\x06timing\x18\t \x01(\x0b\x32\x13.trtserve.v1.Timing\x12\r\n\x05model\x18\n \x01(\t\x12\x11\n\tprecision\x18\x0b \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.trtserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8f\x01\n\x0f\x42\x61tcherSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\r\x12\x11\n\tinstances\x18\x05 \x01(\r\"]\n\x0c\x42\x61tcherStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x04\x12\x17\n\x0fmean_batch_size\x18\x03 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\r\"\xb5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x14\n\x0cinput_height\x18\x04 \x01(\r\x12\x13\n\x0binput_width\x18\x05 \x01(\r\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x19\n\x11serving_precision\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12-\n\x07\x62\x61tcher\x18\t \x01(\x0b\x32\x1c.trtserve.v1.BatcherSettings\x12(\n\x05stats\x18\n \x01(\x0b\x32\x19.trtserve.v1.BatcherStats\x12\r\n\x05ready\x18\x0b \x01(\x08\x12(\n\x05\x64rift\x18\x0c \x01(\x0b\x32\x19.trtserve.v1.DriftSummary\"\xb6\x02\n\x0c\x44riftSummary\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x01\x12\x18\n\x10shadow_precision\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x04\x12\x0f\n\x07skipped\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x15\n\rwindow_frames\x18\x06 \x01(\r\x12\x14\n\x0c\x61greement_f1\x18\x07 \x01(\x01\x12\x10\n\x08mean_iou\x18\x08 \x01(\x01\x12\x1b\n\x13mean_score_abs_diff\x18\t \x01(\x01\x12\x0e\n\x06missed\x18\n \x01(\x04\x12\r\n\x05\x65xtra\x18\x0b \x01(\x04\x12\x1a\n\x12out_of_range_ratio\x18\x0c \x01(\x01\x12\x17\n\x0f\x62\x65low_threshold\x18\r \x01(\x08\x12\x15\n\rranges_source\x18\x0e \x01(\t*Y\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x02*U\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x12\n\x0eSTATUS_DROPPED\x10\x02\x12\x10\n\x0cSTATUS_ERROR\x10\x03\x32\xb3\x02\n\x10\x44\x65tectionService\x12\x41\n\x06\x44\x65tect\x12\x1a.trtserve.v1.DetectRequest\x1a\x1b.trtserve.v1.DetectResponse\x12K\n\x0cStreamDetect\x12\x1a.trtserve.v1.DetectRequest\x1a\x1b.trtserve.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.trtserve.v1.ListModelsRequest\x1a\x1f.trtserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.trtserve.v1.GetModelRequest\x1a\x16.trtserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trtserve.v1.detection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIXELFORMAT']._serialized_start=1673
-  _globals['_PIXELFORMAT']._serialized_end=1762
-  _globals['_STATUS']._serialized_start=1764
-  _globals['_STATUS']._serialized_end=1849
+  _globals['_PIXELFORMAT']._serialized_start=2086
+  _globals['_PIXELFORMAT']._serialized_end=2175
+  _globals['_STATUS']._serialized_start=2177
+  _globals['_STATUS']._serialized_end=2262
   _globals['_RAWIMAGE']._serialized_start=44
   _globals['_RAWIMAGE']._serialized_end=143
   _globals['_IMAGE']._serialized_start=145
@@ -47,22 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BOX']._serialized_end=582
   _globals['_DETECTION']._serialized_start=584
   _globals['_DETECTION']._serialized_end=674
-  _globals['_TIMING']._serialized_start=676
-  _globals['_TIMING']._serialized_end=757
-  _globals['_DETECTRESPONSE']._serialized_start=760
-  _globals['_DETECTRESPONSE']._serialized_end=1044
-  _globals['_LISTMODELSREQUEST']._serialized_start=1046
-  _globals['_LISTMODELSREQUEST']._serialized_end=1065
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1067
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1127
-  _globals['_GETMODELREQUEST']._serialized_start=1129
-  _globals['_GETMODELREQUEST']._serialized_end=1160
-  _globals['_BATCHERSETTINGS']._serialized_start=1163
-  _globals['_BATCHERSETTINGS']._serialized_end=1306
-  _globals['_BATCHERSTATS']._serialized_start=1308
-  _globals['_BATCHERSTATS']._serialized_end=1401
-  _globals['_MODELINFO']._serialized_start=1404
-  _globals['_MODELINFO']._serialized_end=1671
-  _globals['_DETECTIONSERVICE']._serialized_start=1852
-  _globals['_DETECTIONSERVICE']._serialized_end=2159
+  _globals['_TIMING']._serialized_start=677
+  _globals['_TIMING']._serialized_end=815
+  _globals['_DETECTRESPONSE']._serialized_start=818
+  _globals['_DETECTRESPONSE']._serialized_end=1102
+  _globals['_LISTMODELSREQUEST']._serialized_start=1104
+  _globals['_LISTMODELSREQUEST']._serialized_end=1123
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1125
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1185
+  _globals['_GETMODELREQUEST']._serialized_start=1187
+  _globals['_GETMODELREQUEST']._serialized_end=1218
+  _globals['_BATCHERSETTINGS']._serialized_start=1221
+  _globals['_BATCHERSETTINGS']._serialized_end=1364
+  _globals['_BATCHERSTATS']._serialized_start=1366
+  _globals['_BATCHERSTATS']._serialized_end=1459
+  _globals['_MODELINFO']._serialized_start=1462
+  _globals['_MODELINFO']._serialized_end=1771
+  _globals['_DRIFTSUMMARY']._serialized_start=1774
+  _globals['_DRIFTSUMMARY']._serialized_end=2084
+  _globals['_DETECTIONSERVICE']._serialized_start=2265
+  _globals['_DETECTIONSERVICE']._serialized_end=2572
 # @@protoc_insertion_point(module_scope)

@@ -98,14 +98,18 @@ class Detection(_message.Message):
     def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., class_id: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("queue_seconds", "inference_seconds", "total_seconds")
+    __slots__ = ("queue_seconds", "inference_seconds", "total_seconds", "preprocess_seconds", "postprocess_seconds")
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     queue_seconds: float
     inference_seconds: float
     total_seconds: float
-    def __init__(self, queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    preprocess_seconds: float
+    postprocess_seconds: float
+    def __init__(self, queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("stream_id", "sequence", "status", "error_code", "reason", "detections", "frame_width", "frame_height", "timing", "model", "precision")
@@ -176,7 +180,7 @@ class BatcherStats(_message.Message):
     def __init__(self, batches: _Optional[int] = ..., frames: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "head", "classes", "input_height", "input_width", "precisions", "serving_precision", "backend", "batcher", "stats", "ready")
+    __slots__ = ("name", "head", "classes", "input_height", "input_width", "precisions", "serving_precision", "backend", "batcher", "stats", "ready", "drift")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +192,7 @@ class ModelInfo(_message.Message):
     BATCHER_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     name: str
     head: str
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -199,4 +204,37 @@ class ModelInfo(_message.Message):
     batcher: BatcherSettings
     stats: BatcherStats
     ready: bool
-    def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., serving_precision: _Optional[str] = ..., backend: _Optional[str] = ..., batcher: _Optional[_Union[BatcherSettings, _Mapping]] = ..., stats: _Optional[_Union[BatcherStats, _Mapping]] = ..., ready: _Optional[bool] = ...) -> None: ...
+    drift: DriftSummary
+    def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., serving_precision: _Optional[str] = ..., backend: _Optional[str] = ..., batcher: _Optional[_Union[BatcherSettings, _Mapping]] = ..., stats: _Optional[_Union[BatcherStats, _Mapping]] = ..., ready: _Optional[bool] = ..., drift: _Optional[_Union[DriftSummary, _Mapping]] = ...) -> None: ...
+
+class DriftSummary(_message.Message):
+    __slots__ = ("sample_rate", "shadow_precision", "samples", "skipped", "errors", "window_frames", "agreement_f1", "mean_iou", "mean_score_abs_diff", "missed", "extra", "out_of_range_ratio", "below_threshold", "ranges_source")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_F1_FIELD_NUMBER: _ClassVar[int]
+    MEAN_IOU_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SCORE_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_RANGE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BELOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RANGES_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: float
+    shadow_precision: str
+    samples: int
+    skipped: int
+    errors: int
+    window_frames: int
+    agreement_f1: float
+    mean_iou: float
+    mean_score_abs_diff: float
+    missed: int
+    extra: int
+    out_of_range_ratio: float
+    below_threshold: bool
+    ranges_source: str
+    def __init__(self, sample_rate: _Optional[float] = ..., shadow_precision: _Optional[str] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., window_frames: _Optional[int] = ..., agreement_f1: _Optional[float] = ..., mean_iou: _Optional[float] = ..., mean_score_abs_diff: _Optional[float] = ..., missed: _Optional[int] = ..., extra: _Optional[int] = ..., out_of_range_ratio: _Optional[float] = ..., below_threshold: _Optional[bool] = ..., ranges_source: _Optional[str] = ...) -> None: ...

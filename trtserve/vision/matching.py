@@ -31,22 +31,34 @@ class MatchCounts:
                            self.false_negatives + other.false_negatives, self.iou_sum + other.iou_sum)
 
 
-def match(candidate_boxes: NDArray[np.floating], candidate_scores: NDArray[np.floating],
-          candidate_classes: NDArray[np.integer], reference_boxes: NDArray[np.floating],
-          reference_classes: NDArray[np.integer], iou_threshold: float = 0.5) -> MatchCounts:
-    """Greedily match candidates (highest score first) to unmatched references of the same class."""
+def match_pairs(candidate_boxes: NDArray[np.floating], candidate_scores: NDArray[np.floating],
+                candidate_classes: NDArray[np.integer], reference_boxes: NDArray[np.floating],
+                reference_classes: NDArray[np.integer], iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
+    """Greedily match candidates (highest score first) to unmatched references of the same class.
+
+    Returns ``(candidate index, reference index, IoU)`` per match.
+    """
     ious = box_iou(candidate_boxes, reference_boxes)
     same = np.asarray(candidate_classes)[:, None] == np.asarray(reference_classes)[None, :]
     ious = np.where(same, ious, 0.0)
     taken = np.zeros(ious.shape[1], bool)
-    tp, iou_sum = 0, 0.0
+    pairs: list[tuple[int, int, float]] = []
+    if ious.shape[1] == 0:
+        return pairs
     for i in np.argsort(-np.asarray(candidate_scores), kind="stable"):
-        if ious.shape[1] == 0:
-            break
         row = np.where(taken, -1.0, ious[i])
         j = int(row.argmax())
         if row[j] >= iou_threshold:
             taken[j] = True
-            tp += 1
-            iou_sum += float(row[j])
-    return MatchCounts(tp, ious.shape[0] - tp, ious.shape[1] - tp, iou_sum)
+            pairs.append((int(i), j, float(row[j])))
+    return pairs
+
+
+def match(candidate_boxes: NDArray[np.floating], candidate_scores: NDArray[np.floating],
+          candidate_classes: NDArray[np.integer], reference_boxes: NDArray[np.floating],
+          reference_classes: NDArray[np.integer], iou_threshold: float = 0.5) -> MatchCounts:
+    """Counts of :func:`match_pairs`: matched, only in the candidates, only in the references."""
+    pairs = match_pairs(candidate_boxes, candidate_scores, candidate_classes, reference_boxes, reference_classes,
+                        iou_threshold)
+    tp = len(pairs)
+    return MatchCounts(tp, len(candidate_boxes) - tp, len(reference_boxes) - tp, sum(p[2] for p in pairs))

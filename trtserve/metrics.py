@@ -1,0 +1,256 @@
+"""Prometheus metrics: one registry per server, one ``trtserve_`` prefix, base units, bounded labels.
+
+Labels are only ever model, precision, method, code, outcome, stage and tensor (a configured set) —
+never a stream or frame id, so the series count does not grow with traffic. Everything is served in the
+Prometheus text format on its own HTTP port (:func:`start_metrics_http`).
+
+The device collectors (NVML on datacenter GPUs, jetson-stats or tegrastats on Jetson) are optional:
+each logs once why it is off when it is; process CPU and memory are always exported.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import platform
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from trtserve.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
+# seconds; from 0.5 ms (one small batch on a GPU) to 10 s (a deadline-sized backlog)
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                     0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+SCORE_DIFF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Metrics:
+    """All of the server's metric families, registered in ``registry`` (a private one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.frames = Counter("trtserve_frames", "Frames answered, by outcome (ok, dropped, error) and gRPC code",
+                              ["model", "precision", "outcome", "code"], registry=r)
+        self.requests = Counter("trtserve_requests", "gRPC calls finished, by method and status code",
+                                ["method", "code"], registry=r)
+        self.stage_seconds = Histogram(
+            "trtserve_stage_duration_seconds",
+            "Time one frame spent per stage: queue wait, preprocess (decode, letterbox, normalize), inference "
+            "(its batch's), postprocess (its batch's head + NMS), total (end to end in the server)",
+            ["model", "precision", "stage"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("trtserve_batch_size", "Frames per batch sent to the backend",
+                                    ["model", "precision"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("trtserve_queue_depth", "Frames waiting in the batcher queue", ["model"],
+                                 registry=r)
+        self.inflight_batches = Gauge("trtserve_inflight_batches", "Batches running in the backend now",
+                                      ["model"], registry=r)
+        self.active_streams = Gauge("trtserve_active_streams", "Open streaming calls", ["method"], registry=r)
+        self.model_ready = Gauge("trtserve_model_ready", "1 when the model serves, 0 when it does not",
+                                 ["model", "precision"], registry=r)
+        self.build_info = Gauge("trtserve_build_info", "Constant 1; labels say what is running",
+                                ["model", "precision", "version", "backend", "runtime_version", "device"],
+                                registry=r)
+        # drift of the served model against its FP32 shadow, per sampled frame
+        self.drift_f1 = Histogram("trtserve_drift_agreement_f1",
+                                  "Per sampled frame: F1 of served vs shadow detections (IoU 0.5, same class)",
+                                  ["model", "precision"], buckets=RATIO_BUCKETS, registry=r)
+        self.drift_iou = Histogram("trtserve_drift_matched_iou", "Per sampled frame: mean IoU of matched boxes",
+                                   ["model", "precision"], buckets=RATIO_BUCKETS, registry=r)
+        self.drift_score = Histogram("trtserve_drift_score_abs_diff",
+                                     "Per sampled frame: mean |served score - shadow score| of matched boxes",
+                                     ["model", "precision"], buckets=SCORE_DIFF_BUCKETS, registry=r)
+        self.drift_missed = Counter("trtserve_drift_missed_detections",
+                                    "Detections the shadow made and the served model did not",
+                                    ["model", "precision"], registry=r)
+        self.drift_extra = Counter("trtserve_drift_extra_detections",
+                                   "Detections the served model made and the shadow did not",
+                                   ["model", "precision"], registry=r)
+        self.drift_cosine = Histogram("trtserve_drift_output_cosine_similarity",
+                                      "Per sampled frame: cosine similarity of raw outputs (models without a head)",
+                                      ["model", "precision"], buckets=RATIO_BUCKETS, registry=r)
+        self.drift_rel_l2 = Histogram("trtserve_drift_output_relative_l2",
+                                      "Per sampled frame: |served - shadow| / |shadow| of raw outputs",
+                                      ["model", "precision"], buckets=RATIO_BUCKETS, registry=r)
+        self.drift_samples = Counter("trtserve_drift_samples", "Frames compared with the shadow",
+                                     ["model", "precision"], registry=r)
+        self.drift_skipped = Counter("trtserve_drift_skipped",
+                                     "Sampled batches not compared because the shadow was busy (max_pending)",
+                                     ["model", "precision"], registry=r)
+        self.drift_errors = Counter("trtserve_drift_errors", "Shadow runs that failed (serving is unaffected)",
+                                    ["model", "precision"], registry=r)
+        self.drift_window_f1 = Gauge("trtserve_drift_window_agreement_f1",
+                                     "Agreement F1 pooled over the rolling window of sampled frames",
+                                     ["model", "precision"], registry=r)
+        self.coverage = Histogram(
+            "trtserve_calibration_out_of_range_ratio",
+            "Per sampled frame: fraction of values outside the calibrated INT8 range (tensor: input, a "
+            "configured tensor, or all = every calibrated activation pooled)",
+            ["model", "precision", "tensor"], buckets=RATIO_BUCKETS, registry=r)
+
+
+class ModelMetrics:
+    """The children of :class:`Metrics` for one model and precision, resolved once (cheap to observe)."""
+
+    def __init__(self, metrics: Metrics, model: str, precision: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.precision = precision
+        self.stage = {s: metrics.stage_seconds.labels(model, precision, s) for s in STAGES}
+        self.ok = metrics.frames.labels(model, precision, "ok", "OK")
+        self.dropped = metrics.frames.labels(model, precision, "dropped", "")
+        self.batch_size = metrics.batch_size.labels(model, precision)
+
+    def frame_ok(self, queue_s: float, preprocess_s: float, inference_s: float, postprocess_s: float,
+                 total_s: float) -> None:
+        self.ok.inc()
+        stage = self.stage
+        stage["queue"].observe(queue_s)
+        stage["preprocess"].observe(preprocess_s)
+        stage["inference"].observe(inference_s)
+        stage["postprocess"].observe(postprocess_s)
+        stage["total"].observe(total_s)
+
+    def frame_error(self, code: str) -> None:
+        self.metrics.frames.labels(self.model, self.precision, "error", code).inc()
+
+    def track(self, queue_depth: Callable[[], float], inflight_batches: Callable[[], float]) -> None:
+        self.metrics.queue_depth.labels(self.model).set_function(queue_depth)
+        self.metrics.inflight_batches.labels(self.model).set_function(inflight_batches)
+
+    def set_ready(self, ready: bool) -> None:
+        self.metrics.model_ready.labels(self.model, self.precision).set(1 if ready else 0)
+
+
+def start_metrics_http(registry: CollectorRegistry, host: str, port: int) -> tuple[Any, int]:
+    """Serve ``/metrics`` on ``host:port`` (0: any free port) in a daemon thread; (server, bound port).
+
+    A port in use is a :class:`ConfigError` that says so and what to change.
+    """
+    try:
+        server, _thread = start_http_server(port, host, registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"metrics port {port} on {host} is already in use; choose another with "
+                              "--metrics-port or metrics_port in the server config (0 picks a free one)") from None
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    return server, int(server.server_port)
+
+
+# --- device collectors -------------------------------------------------------------------------------
+
+
+class NvmlCollector(Collector):
+    """GPU utilisation and memory from NVML (nvidia-ml-py), one series per GPU index."""
+
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+        self._count = int(nvml.nvmlDeviceGetCount())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        util = GaugeMetricFamily("trtserve_gpu_utilization_ratio", "GPU busy fraction (NVML)", labels=["gpu"])
+        used = GaugeMetricFamily("trtserve_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"])
+        total = GaugeMetricFamily("trtserve_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])
+        for i in range(self._count):
+            try:
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(i)
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as exc:  # a GPU that fell off the bus must not break the scrape
+                logger.warning("NVML read of GPU %d failed: %s", i, exc)
+                continue
+            util.add_metric([str(i)], rates.gpu / 100.0)
+            used.add_metric([str(i)], float(memory.used))
+            total.add_metric([str(i)], float(memory.total))
+        yield from (util, used, total)
+
+
+@dataclass(frozen=True)
+class TegraSample:
+    gpu_utilization_ratio: float | None
+    ram_used_bytes: float | None
+    ram_total_bytes: float | None
+
+
+_TEGRA_GPU = re.compile(r"GR3D_FREQ (\d+)%")
+_TEGRA_RAM = re.compile(r"RAM (\d+)/(\d+)MB")
+
+
+def parse_tegrastats(line: str) -> TegraSample:
+    """One tegrastats line -> GPU busy fraction and shared RAM (Jetson GPUs use system memory)."""
+    gpu = _TEGRA_GPU.search(line)
+    ram = _TEGRA_RAM.search(line)
+    mib = 1024.0 * 1024.0
+    return TegraSample(int(gpu.group(1)) / 100.0 if gpu else None,
+                       int(ram.group(1)) * mib if ram else None, int(ram.group(2)) * mib if ram else None)
+
+
+class TegrastatsCollector(Collector):
+    """Jetson GPU load from a long-running ``tegrastats --interval MS`` whose last line is kept."""
+
+    def __init__(self, binary: str, interval_ms: int = 1000) -> None:
+        self._last = TegraSample(None, None, None)
+        self._process = subprocess.Popen([binary, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, name="trtserve-tegrastats", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._last = parse_tegrastats(line)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self._last
+        for name, value, doc in (("trtserve_gpu_utilization_ratio", s.gpu_utilization_ratio, "GPU busy (tegrastats)"),
+                                 ("trtserve_gpu_memory_used_bytes", s.ram_used_bytes, "Shared RAM in use"),
+                                 ("trtserve_gpu_memory_total_bytes", s.ram_total_bytes, "Shared RAM")):
+            family = GaugeMetricFamily(name, doc, labels=["gpu"])
+            if value is not None:
+                family.add_metric(["0"], value)
+            yield family
+
+    def close(self) -> None:
+        self._process.terminate()
+
+
+def device_collectors(registry: CollectorRegistry, which: str = "auto") -> list[Collector]:
+    """Register what this host supports (``auto``), or nothing (``none``); log why each one is off."""
+    if which == "none":
+        logger.info("device metrics off: disabled in the configuration")
+        return []
+    found: list[Collector] = []
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        found.append(NvmlCollector(pynvml))
+    except ImportError:
+        logger.info("NVML GPU metrics off: nvidia-ml-py is not installed (pip install 'trtserve[gpu]')")
+    except Exception as exc:  # NVMLError: no driver / no GPU
+        logger.info("NVML GPU metrics off: %s", exc)
+    if not found and platform.machine() == "aarch64":
+        tegrastats = shutil.which("tegrastats")
+        if tegrastats:
+            found.append(TegrastatsCollector(tegrastats))
+        else:
+            logger.info("Jetson GPU metrics off: tegrastats is not on PATH (not a Jetson, or L4T tools missing)")
+    for collector in found:
+        registry.register(collector)
+    return found
