@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1 protos
+.PHONY: demo test lint setup clean test-numpy1 protos tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,16 @@ test-numpy1: $(COMPAT_STAMP)
 	$(COMPAT)/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
-test: lint test-numpy1
+# Prometheus and promtool (Debian's package) for the monitoring tests; installed once, when missing.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Debian's prometheus package (promtool, and a server for the integration test)"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
+
+test: export TRTSERVE_REQUIRE_PROMETHEUS := 1
+test: lint tools test-numpy1
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -280,8 +280,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _emit(r, args.json, (
             f"{r['streams']} streams, {r['precision']} served, FP32 shadow on {r['shadow_rate']:.0%} of batches "
             f"vs off (median of {r['repeats']} pairs):\n"
-            f"  throughput {r['fps_shadow_on']} vs {r['fps_shadow_off']} frames/s (ratio {r['shadow_throughput_ratio']})"
-            f"\n  p99 at {r['latency_load_fraction']:.0%} load {r['p99_ms_shadow_on']} vs {r['p99_ms_shadow_off']} ms "
+            f"  throughput {r['fps_shadow_on']} vs {r['fps_shadow_off']} frames/s "
+            f"(ratio {r['shadow_throughput_ratio']})\n  p99 at {r['latency_load_fraction']:.0%} load "
+            f"{r['p99_ms_shadow_on']} vs {r['p99_ms_shadow_off']} ms "
             f"(ratio {r['shadow_p99_ratio']})\n  drift agreement F1 {r['drift_agreement_f1']} over "
             f"{r['shadow_samples']} frames ({r['shadow_skipped']} samples skipped: shadow busy); metrics "
             f"{r['metrics_overhead_us_per_frame']} us per frame"))

@@ -93,19 +93,21 @@ def calibrated_ranges(served: Detector) -> tuple[dict[str, Range], str]:
     return {}, f"no calibration found for {path.name}"
 
 
-def with_extra_outputs(model_path: Path, tensors: Sequence[str], folder: Path) -> Path:
-    """A copy of an ONNX model that also outputs ``tensors`` (for the shadow's coverage readings)."""
+def with_extra_outputs(model_path: Path, tensors: Sequence[str], folder: Path) -> tuple[Path, list[str]]:
+    """A copy of an ONNX model that also outputs those of ``tensors`` its nodes compute; (path, added names)."""
     import onnx
     from onnx import helper
 
     model = onnx.load(str(model_path))
+    computed = {o for node in model.graph.node for o in node.output}
     present = {o.name for o in model.graph.output}
-    for name in tensors:
+    added = [t for t in tensors if t in computed]
+    for name in added:
         if name not in present:
             model.graph.output.append(helper.make_empty_tensor_value_info(name))
     out = folder / f"{model_path.stem}.shadow.onnx"
     onnx.save(model, str(out))
-    return out
+    return out, added
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,8 @@ class DriftMonitor:
         if input_name in ranges:
             self._coverage_labels["input"] = [input_name]
         for t in spec.coverage_tensors:
-            self._coverage_labels[t] = [t]
+            if t in ranges:
+                self._coverage_labels[t] = [t]
         self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in self._coverage_labels}
 
     @classmethod
@@ -238,15 +241,20 @@ class DriftMonitor:
         scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-") if ranges else None
         options = BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers)
 
-        def load() -> Backend:
-            path = shadow_path
+        def load() -> tuple[Backend, list[str]]:
+            path, readable = shadow_path, []
             if scratch is not None and shadow_path.suffix == ".onnx":
                 extra = [t for t in ranges if t != served.input_name]
-                path = with_extra_outputs(shadow_path, extra, Path(scratch.name))
-            return backend_class(spec.shadow_backend)(path, options).load()
+                path, readable = with_extra_outputs(shadow_path, extra, Path(scratch.name))
+            return backend_class(spec.shadow_backend)(path, options).load(), readable
 
         try:
-            shadow = executor.submit(load).result()
+            shadow, readable = executor.submit(load).result()
+            unreadable = [t for t in ranges if t != served.input_name and t not in readable]
+            if unreadable:
+                logger.warning("model %s: %d calibrated tensors are not in the shadow %s (e.g. %s); coverage leaves "
+                               "them out", config.name, len(unreadable), shadow_path.name, unreadable[:3])
+                ranges = {t: r for t, r in ranges.items() if t not in unreadable}
             try:
                 _check_same_network(served, shadow, shadow_path)
             except Exception:

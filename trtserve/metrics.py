@@ -60,6 +60,8 @@ class Metrics:
                                     ["model", "precision"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("trtserve_queue_depth", "Frames waiting in the batcher queue", ["model"],
                                  registry=r)
+        self.queue_capacity = Gauge("trtserve_queue_capacity", "The batcher queue's bound (max_queue_size)", ["model"],
+                                    registry=r)
         self.inflight_batches = Gauge("trtserve_inflight_batches", "Batches running in the backend now",
                                       ["model"], registry=r)
         self.active_streams = Gauge("trtserve_active_streams", "Open streaming calls", ["method"], registry=r)
@@ -131,8 +133,10 @@ class ModelMetrics:
     def frame_error(self, code: str) -> None:
         self.metrics.frames.labels(self.model, self.precision, "error", code).inc()
 
-    def track(self, queue_depth: Callable[[], float], inflight_batches: Callable[[], float]) -> None:
+    def track(self, queue_depth: Callable[[], float], inflight_batches: Callable[[], float],
+              queue_capacity: int) -> None:
         self.metrics.queue_depth.labels(self.model).set_function(queue_depth)
+        self.metrics.queue_capacity.labels(self.model).set(queue_capacity)
         self.metrics.inflight_batches.labels(self.model).set_function(inflight_batches)
 
     def set_ready(self, ready: bool) -> None:

@@ -81,7 +81,7 @@ class Pipeline:
             self._run_batch, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue_size,
             cfg.preferred_batch_sizes, cfg.instances)
         self.metrics = ModelMetrics(metrics or Metrics(process=False), detector.config.name, detector.precision)
-        self.metrics.track(lambda: self.batcher.queue_depth, lambda: self.batcher.in_flight)
+        self.metrics.track(lambda: self.batcher.queue_depth, lambda: self.batcher.in_flight, cfg.max_queue_size)
         self.drift = drift
 
     async def start(self) -> None:

@@ -31,8 +31,9 @@ def jpeg_request(image, stream: str, seq: int) -> pb.DetectRequest:  # type: ign
 async def with_server(test) -> None:  # type: ignore[no-untyped-def]
     from trtserve.repository import ModelRepository
 
-    server = Server(ServerSettings(grpc_port=0, metrics_port=0, batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5)),
-                    ModelRepository(ENGINES))
+    settings = ServerSettings(grpc_port=0, metrics_port=0,
+                              batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5))
+    server = Server(settings, ModelRepository(ENGINES))
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -81,8 +81,8 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
                 await _models(channel)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    asyncio.run(_serve(ServerSettings(grpc_port=0, metrics_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"])),
-                       tls_only))
+    settings = ServerSettings(grpc_port=0, metrics_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"]))
+    asyncio.run(_serve(settings, tls_only))
 
     async def mutual(port: int) -> None:
         with_cert = grpc.ssl_channel_credentials(read["ca"], read["client_key"], read["client_cert"])
@@ -94,8 +94,9 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
                 await _models(channel)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    asyncio.run(_serve(ServerSettings(grpc_port=0, metrics_port=0, tls=TlsSettings(pki["server_cert"], pki["server_key"],
-                                                                   pki["ca"])), mutual))
+    settings = ServerSettings(grpc_port=0, metrics_port=0,
+                              tls=TlsSettings(pki["server_cert"], pki["server_key"], pki["ca"]))
+    asyncio.run(_serve(settings, mutual))
 
 
 def test_bearer_tokens(tmp_path: Path) -> None:
