@@ -242,7 +242,7 @@ class DriftMonitor:
         options = BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers)
 
         def load() -> tuple[Backend, list[str]]:
-            path, readable = shadow_path, []
+            path, readable = shadow_path, list[str]()
             if scratch is not None and shadow_path.suffix == ".onnx":
                 extra = [t for t in ranges if t != served.input_name]
                 path, readable = with_extra_outputs(shadow_path, extra, Path(scratch.name))
