@@ -19,6 +19,7 @@ from trtserve.errors import ConfigError
 
 HEAD_TYPES = ("auto", "yolov8", "yolov5", "end2end", "raw")
 PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt")
 # artifact keys besides precisions: the TensorRT-placement Q/DQ model and TensorRT calibration caches
 ARTIFACT_KEY = re.compile(r"^(fp16|int8|int8_tensorrt|calibration_cache_\d+)$")
 
@@ -55,6 +56,16 @@ class QuantizationSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """How ``trtserve build`` and the tensorrt backend make engines (``engine:`` in model.yaml)."""
+
+    auto_build: bool = False  # build a missing engine at load instead of failing with the build command
+    opt_batch: int | None = None  # None: max_batch_size
+    workspace_gb: float = 2.0
+    dla_core: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     directory: Path
@@ -67,6 +78,8 @@ class ModelConfig:
     artifacts: Mapping[str, Path] = field(default_factory=dict)  # precision or artifact key -> file
     source_file: Path | None = None
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+    backend: str = "onnxruntime"
+    engine: EngineSpec = field(default_factory=EngineSpec)
 
     def artifact(self, precision: str) -> Path:
         """The model file for ``precision`` (``fp32`` is the source ONNX)."""
@@ -86,7 +99,8 @@ class ModelConfig:
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
-             "quantization"}
+             "quantization", "backend", "engine"}
+_ENGINE_KEYS = {"auto_build", "opt_batch", "workspace_gb", "dla_core"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
@@ -214,6 +228,15 @@ def load_model_config(path: Path) -> ModelConfig:
     quantization = QuantizationSpec(quant.get("keep_head_float", bool, True, "true or false"),
                                     lists["exclude_nodes"], lists["exclude_op_types"])
 
+    eng = YamlReader(path, top.get("engine", dict, {}), "engine", _ENGINE_KEYS)
+    max_batch = top.number("max_batch_size", 8, lo=1, hi=1024, integer=True)
+    engine = EngineSpec(
+        auto_build=eng.get("auto_build", bool, False, "true or false"),
+        opt_batch=eng.number("opt_batch", None, lo=1, hi=max_batch, integer=True) if "opt_batch" in eng.data else None,
+        workspace_gb=eng.number("workspace_gb", 2.0, lo=1.0 / 1024, hi=1024),
+        dla_core=eng.number("dla_core", None, lo=0, hi=15, integer=True) if "dla_core" in eng.data else None,
+    )
+
     return ModelConfig(
         name=name,
         directory=directory,
@@ -221,9 +244,11 @@ def load_model_config(path: Path) -> ModelConfig:
         input=input_spec,
         head=head_spec,
         class_names=tuple(classes),
-        max_batch_size=top.number("max_batch_size", 8, lo=1, hi=1024, integer=True),
+        max_batch_size=max_batch,
         max_frame_pixels=top.number("max_frame_pixels", 3840 * 2160, lo=1, integer=True),
         artifacts=artifacts,
         source_file=path,
         quantization=quantization,
+        backend=top.choice("backend", BACKENDS, "onnxruntime"),
+        engine=engine,
     )
