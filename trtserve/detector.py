@@ -58,6 +58,7 @@ class Detector:
         onnxruntime); raises ModelLoadError/ConfigError. The backend picks its file (an ONNX artifact, or the
         TensorRT engine built for this host)."""
         kind = backend_class(backend or config.backend)
+        options = replace(options or BackendOptions(), precision=precision)
         loaded = kind(kind.model_file(config, precision), options).load()
         try:
             return cls(config, loaded, precision)
