@@ -232,10 +232,29 @@ def convert_fp16(source: Path, target: Path, keep_float: list[str] | None = None
     with warnings.catch_warnings():  # it warns once per constant clamped to the FP16 range: expected, not news
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+    _float32_outputs(converted, {o.name for o in model.graph.output
+                                 if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT})
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, converted.SerializeToString())
     logger.info("wrote FP16 model %s (%d nodes kept float32)", target, len(block))
     return target
+
+
+def _float32_outputs(model: Any, names: set[str]) -> None:
+    """Cast outputs that were float32 back to float32 (onnxconverter-common 1.16 casts an output to FP16 when its
+    producer is in the block list, despite keep_io_types)."""
+    import onnx
+
+    for output in model.graph.output:
+        if output.name not in names or output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            continue
+        inner = f"{output.name}__fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == output.name else o for o in node.output]
+            node.input[:] = [inner if i == output.name else i for i in node.input]
+        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [output.name], to=onnx.TensorProto.FLOAT,
+                                                      name=f"{output.name}__to_float32"))
+        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 # ---------------------------------------------------------------------------------------------------------------
