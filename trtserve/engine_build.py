@@ -116,7 +116,8 @@ def sources_of(config: ModelConfig) -> Sources:
     if not config.onnx_path.is_file():
         raise ModelLoadError(f"{config.source_file}: the ONNX model {config.onnx_path} does not exist")
     arts = config.artifacts
-    caches = {int(k.rsplit("_", 1)[1]): p for k, p in arts.items() if k.startswith("calibration_cache_") and p.is_file()}
+    caches = {int(k.rsplit("_", 1)[1]): p for k, p in arts.items()
+              if k.startswith("calibration_cache_") and p.is_file()}
     qdq = arts.get("int8_tensorrt")
     fp16 = arts.get("fp16")
     return Sources(config.onnx_path, has_qdq(config.onnx_path), qdq if qdq and qdq.is_file() else None,
@@ -138,7 +139,8 @@ class BuildPath:
     strongly_typed: bool = False  # 10.x with STRONGLY_TYPED, and every 11.x network
 
     def describe(self) -> str:
-        how = {"none": "", "implicit": " implicit (calibration cache)", "explicit": " explicit (Q/DQ)"}[self.quantization]
+        how = {"none": "", "implicit": " implicit (calibration cache)",
+               "explicit": " explicit (Q/DQ)"}[self.quantization]
         typing = "strongly typed" if self.strongly_typed else "weakly typed"
         extra = ", converted to FP16 ONNX" if self.convert_fp16 else ""
         dla = f", DLA core {self.dla_core} with GPU fallback" if self.dla_core is not None else ""

@@ -1,3 +1,4 @@
+# ruff: noqa: N815 - cuda-python's own mixedCase names
 """A contract double of cuda-python's runtime module (``cuda.bindings.runtime`` / ``cuda.cudart``).
 
 Mirrors the calls trtserve makes: every function returns ``(cudaError_t, *values)`` like cuda-python.

@@ -142,7 +142,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         def node(self) -> int:
             return self._node
 
-    class ParserErrorNamed(ParserError):
+    class ParserErrorNamed(ParserError):  # noqa: N818 - TensorRT's name
         __slots__ = ()
 
         def node_name(self) -> str:
@@ -202,7 +202,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         def __init__(self) -> None:
             self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
-        def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+        def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
             calls.append(f"profile.set_shape({name}, {list(min)}, {list(opt)}, {list(max)})")
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 

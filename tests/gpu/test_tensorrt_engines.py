@@ -78,5 +78,6 @@ def test_throughput_per_batch_size(repo: ModelRepository, precision: str) -> Non
             for _ in range(50):
                 engine.backend.infer({"images": x})
             rows.append((batch, 50 * batch / (time.perf_counter() - started)))
-    print(f"\nTensorRT {trt.__version__} {precision}: " + ", ".join(f"batch {b}: {fps:.0f} frames/s" for b, fps in rows))
+    table = ", ".join(f"batch {b}: {fps:.0f} frames/s" for b, fps in rows)
+    print(f"\nTensorRT {trt.__version__} {precision}: {table}")
     assert rows[-1][1] > rows[0][1]  # batching must pay on a GPU

@@ -40,7 +40,8 @@ _DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np
 def _numpy_dtype(trt_dtype: Any) -> np.dtype:
     name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
     if name not in _DTYPES:
-        raise ModelLoadError(f"engine tensor type {name} has no numpy equivalent here; expected one of {sorted(_DTYPES)}")
+        raise ModelLoadError(f"engine tensor type {name} has no numpy equivalent here; "
+                             f"expected one of {sorted(_DTYPES)}")
     return np.dtype(_DTYPES[name])
 
 
@@ -117,7 +118,8 @@ class _BindingsApi:
         return slot.profile * self.per_profile + tensor.index
 
     def profile_max(self, tensor: _Tensor, profile: int) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.engine.get_profile_shape(profile, profile * self.per_profile + tensor.index)[2])
+        index = profile * self.per_profile + tensor.index
+        return tuple(int(d) for d in self.engine.get_profile_shape(profile, index)[2])
 
     def bind(self, slot: _Slot, tensors: list[_Tensor]) -> None:
         slot.bindings = [0] * self.engine.num_bindings
@@ -198,6 +200,7 @@ class TensorRTBackend(Backend):
                                  "optimization profiles (one per concurrent context); rebuild with more or ask fewer")
         self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all: list[_Slot] = []
+        self._all_pending: _Slot | None = None  # a slot being made: released by _release if making it fails
         try:
             for k in range(wanted):
                 self._all.append(self._make_slot(k))
@@ -220,7 +223,7 @@ class TensorRTBackend(Backend):
         if context is None:
             raise ModelLoadError("TensorRT could not create an execution context (out of GPU memory?)")
         slot = _Slot(context, profile, cuda.stream_create())
-        self._all_pending = slot  # released by _release if what follows fails
+        self._all_pending = slot
         context.set_optimization_profile_async(profile, _stream_handle(slot.stream))
         for t in (t for t in self._tensors if t.is_input):
             if not self._api.set_input_shape(slot, t, t.max_shape):
@@ -233,7 +236,8 @@ class TensorRTBackend(Backend):
             size = max(1, math.prod(shape) * t.dtype.itemsize)
             slot.device[t.name] = cuda.malloc(size)
             slot.host_ptr[t.name] = cuda.malloc_host(size)
-            slot.host[t.name] = np.frombuffer((ctypes.c_uint8 * size).from_address(slot.host_ptr[t.name]), np.uint8)
+            pinned = memoryview((ctypes.c_uint8 * size).from_address(slot.host_ptr[t.name])).cast("B")
+            slot.host[t.name] = np.frombuffer(pinned, np.uint8)
         self._api.bind(slot, self._tensors)
         self._all_pending = None
         return slot
@@ -278,6 +282,8 @@ class TensorRTBackend(Backend):
         pending = getattr(self, "_all_pending", None)
         slots = list(getattr(self, "_all", [])) + ([pending] if pending is not None else [])
         for slot in slots:
+            slot.host.clear()  # views of the pinned memory go before it is freed
+            slot.context = None
             for ptr in slot.device.values():
                 self._cuda.free(ptr)
             for ptr in slot.host_ptr.values():
@@ -285,8 +291,6 @@ class TensorRTBackend(Backend):
             self._cuda.stream_destroy(slot.stream)
             slot.device.clear()
             slot.host_ptr.clear()
-            slot.host.clear()
-            slot.context = None
         self._all = []
         self._all_pending = None
 
