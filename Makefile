@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1 protos tools
+.PHONY: demo test lint setup clean test-numpy1 protos tools gpu-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,16 @@ test: export TRTSERVE_REQUIRE_PROMETHEUS := 1
 test: lint tools test-numpy1
 	$(BIN)/python -m pytest -q tests
 
+# The real-GPU tier (TensorRT engines, CUDA provider): on a Jetson or in the NGC TensorRT container, skipped
+# elsewhere with the reason. Its venv sees the system site-packages: TensorRT's bindings come from JetPack / NGC.
+GPU_VENV := .venv-gpu
+$(GPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[dev,gpu]'
+	touch $(GPU_VENV)/.installed
+
+gpu-test: $(GPU_VENV)/.installed
+	$(GPU_VENV)/bin/python -m pytest -q -rs -s tests/gpu
+
 clean:
-	rm -rf $(VENV) $(COMPAT) build
+	rm -rf $(VENV) $(COMPAT) $(GPU_VENV) build

@@ -106,8 +106,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with _detector(args) as detector:
             result = run_demo(detector, args.out, args.video, progress=not args.json)
     else:
+        shadow = args.shadow_rate if args.shadow_rate is not None else (0.25 if args.precision != "fp32" else 0.0)
         result = run_demo_over_grpc(args.repository, args.model, args.precision, args.out, args.video,
-                                    progress=not args.json)
+                                    progress=not args.json, shadow_rate=shadow)
     s = result.summary
     how = f"over gRPC at {s['server']}, mean batch {s['mean_batch_size']}" if s["mode"] == "grpc" \
         else f"in-process, batch {s['batch_size']}"
@@ -115,6 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "ground_truth" in s:
         g = s["ground_truth"]
         text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
+    if "drift" in s:
+        d = s["drift"]
+        text += (f"{s['precision']} vs the {d['shadow_precision']} shadow on {d['samples']} sampled frames: agreement "
+                 f"F1@0.5 {d['agreement_f1']}, {d['out_of_range_ratio']:.4%} of activations outside the calibrated "
+                 "range\n")
     text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
     _emit(s, args.json, text)
     return 0
@@ -256,6 +262,30 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0 if errors == 0 else EXIT_USER_ERROR
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from trtserve.engine_build import build_engine
+    from trtserve.engine_key import GIB, BuildSettings, default_settings
+    from trtserve.repository import ModelRepository
+
+    config = ModelRepository(args.repository).get(args.model)
+    base = default_settings(config, args.precision)
+    max_batch = base.max_batch if args.max_batch is None else args.max_batch
+    settings = BuildSettings(
+        precision=args.precision, max_batch=max_batch,
+        opt_batch=min(base.opt_batch, max_batch) if args.opt_batch is None else args.opt_batch,
+        workspace_bytes=int(args.workspace_gb * GIB) if args.workspace_gb is not None else base.workspace_bytes,
+        dla_core=args.dla_core if args.dla_core is not None else base.dla_core,
+        execution_contexts=args.contexts)
+    result = build_engine(config, settings, args.timing_cache)
+    r = result.record
+    _emit({"plan": str(result.plan), **asdict(r)}, args.json,
+          f"built {result.plan} in {r.build_time_s} s\n  {r.build_path}; TensorRT {r.tensorrt_version} on {r.gpu_name} "
+          f"(compute {r.compute_capability}); batch {settings.opt_batch} opt / {settings.max_batch} max")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from trtserve.doctor import diagnose, render
 
@@ -359,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_command("demo", "detect on the sample video; write an annotated video and a JSON summary")
     p.add_argument("--out", type=Path, default=Path("build/demo"), help="output folder (default build/demo)")
     p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8",
+                   help="default int8, watched by an FP32 shadow (see --shadow-rate)")
+    p.add_argument("--shadow-rate", type=float, default=None, metavar="R",
+                   help="fraction of batches compared with the FP32 shadow (default 0.25 for int8, 0 for fp32)")
     p.add_argument("--in-process", action="store_true", help="detect in this process instead of over gRPC")
     p.set_defaults(func=cmd_demo)
 
@@ -381,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--model", action="append", help="model to load (repeatable; the first is the default)")
-    p.add_argument("--precision", choices=["fp32", "int8"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     p.add_argument("--workers", type=int, help="decode/inference worker threads")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
@@ -412,6 +445,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("build", help="build a TensorRT engine for this host's GPU and TensorRT version")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], required=True)
+    p.add_argument("--max-batch", type=int, help="largest batch (default: the model's max_batch_size)")
+    p.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: engine.opt_batch or max)")
+    p.add_argument("--workspace-gb", type=float, help="builder workspace in GiB (default: engine.workspace_gb, 2)")
+    p.add_argument("--dla-core", type=int, help="build for this DLA core, with GPU fallback (Jetson)")
+    p.add_argument("--timing-cache", type=Path, help="read and update this TensorRT timing cache file")
+    p.add_argument("--contexts", type=int, default=2, help="optimization profiles = concurrent batches (default 2)")
+    p.add_argument("--repository", type=Path, default=argparse.SUPPRESS, help="model repository folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("doctor", help="what this host has and which backends and precisions will work")
     p.add_argument("--json", action="store_true")

@@ -19,6 +19,7 @@ from trtserve.errors import ConfigError
 
 HEAD_TYPES = ("auto", "yolov8", "yolov5", "end2end", "raw")
 PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt")
 # artifact keys besides precisions: the TensorRT-placement Q/DQ model and TensorRT calibration caches
 ARTIFACT_KEY = re.compile(r"^(fp16|int8|int8_tensorrt|calibration_cache_\d+)$")
 
@@ -105,6 +106,16 @@ def read_drift(reader: YamlReader, base: DriftSpec) -> DriftSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """How ``trtserve build`` and the tensorrt backend make engines (``engine:`` in model.yaml)."""
+
+    auto_build: bool = False  # build a missing engine at load instead of failing with the build command
+    opt_batch: int | None = None  # None: max_batch_size
+    workspace_gb: float = 2.0
+    dla_core: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     directory: Path
@@ -123,6 +134,8 @@ class ModelConfig:
         """The server's drift defaults with this model's ``drift:`` keys on top."""
         return read_drift(YamlReader(self.source_file or Path("model.yaml"), dict(self.drift), "drift", DRIFT_KEYS),
                           server_defaults)
+    backend: str = "onnxruntime"
+    engine: EngineSpec = field(default_factory=EngineSpec)
 
     def artifact(self, precision: str) -> Path:
         """The model file for ``precision`` (``fp32`` is the source ONNX)."""
@@ -142,7 +155,8 @@ class ModelConfig:
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
-             "quantization", "drift"}
+             "quantization", "drift", "backend", "engine"}
+_ENGINE_KEYS = {"auto_build", "opt_batch", "workspace_gb", "dla_core"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
@@ -272,6 +286,14 @@ def load_model_config(path: Path) -> ModelConfig:
 
     drift = top.get("drift", dict, {}, "a mapping")
     read_drift(YamlReader(path, drift, "drift", DRIFT_KEYS), DriftSpec())  # validate now, apply at serve time
+    eng = YamlReader(path, top.get("engine", dict, {}), "engine", _ENGINE_KEYS)
+    max_batch = top.number("max_batch_size", 8, lo=1, hi=1024, integer=True)
+    engine = EngineSpec(
+        auto_build=eng.get("auto_build", bool, False, "true or false"),
+        opt_batch=eng.number("opt_batch", None, lo=1, hi=max_batch, integer=True) if "opt_batch" in eng.data else None,
+        workspace_gb=eng.number("workspace_gb", 2.0, lo=1.0 / 1024, hi=1024),
+        dla_core=eng.number("dla_core", None, lo=0, hi=15, integer=True) if "dla_core" in eng.data else None,
+    )
 
     return ModelConfig(
         name=name,
@@ -280,10 +302,12 @@ def load_model_config(path: Path) -> ModelConfig:
         input=input_spec,
         head=head_spec,
         class_names=tuple(classes),
-        max_batch_size=top.number("max_batch_size", 8, lo=1, hi=1024, integer=True),
+        max_batch_size=max_batch,
         max_frame_pixels=top.number("max_frame_pixels", 3840 * 2160, lo=1, integer=True),
         artifacts=artifacts,
         source_file=path,
         quantization=quantization,
         drift=drift,
+        backend=top.choice("backend", BACKENDS, "onnxruntime"),
+        engine=engine,
     )

@@ -190,14 +190,19 @@ def stop_server_process(server: subprocess.Popen[bytes], timeout_s: float = 30.0
 
 
 def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_dir: Path,
-                       video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0
-                       ) -> DemoResult:
-    """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM."""
+                       video: Path | None = None, progress: bool = True, startup_timeout_s: float = 120.0,
+                       shadow_rate: float = 0.0) -> DemoResult:
+    """Start ``trtserve serve`` on a free port, stream the video through it, stop it with SIGTERM.
+
+    With ``shadow_rate`` > 0 the server compares that fraction of batches with the FP32 shadow; the
+    summary then carries the drift window (``drift``).
+    """
     from trtserve.client import DetectionClient, Frame, detections_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     source = sample_video(out_dir) if video is None else video
-    server, address = start_server_process(repository, model, precision, out_dir / "server.log", startup_timeout_s)
+    server, address = start_server_process(repository, model, precision, out_dir / "server.log", startup_timeout_s,
+                                           extra_args=["--shadow-rate", str(shadow_rate)])
     try:
         with DetectionClient(address, model) as client:
             names = tuple(client.model_info(model).classes)
@@ -221,6 +226,12 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
             result = _write_and_summarize(pairs(), out_dir, fps, names, video is None, count, progress, header)
             info = client.model_info(model)
             result.summary["mean_batch_size"] = round(info.stats.mean_batch_size, 2)
+            if info.HasField("drift"):
+                d = info.drift
+                result.summary["drift"] = {
+                    "shadow_precision": d.shadow_precision, "samples": d.samples, "skipped": d.skipped,
+                    "agreement_f1": round(d.agreement_f1, 4), "mean_iou": round(d.mean_iou, 4),
+                    "out_of_range_ratio": round(d.out_of_range_ratio, 6), "below_threshold": d.below_threshold}
             result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
     finally:
         exit_code = stop_server_process(server)

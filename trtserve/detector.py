@@ -65,11 +65,14 @@ class Detector:
         self.thresholds = Thresholds.from_spec(config.head)
 
     @classmethod
-    def open(cls, config: ModelConfig, precision: str = "fp32", backend: str = "onnxruntime",
+    def open(cls, config: ModelConfig, precision: str = "fp32", backend: str | None = None,
              options: BackendOptions | None = None) -> Detector:
-        """Load ``config``'s artifact for ``precision`` on ``backend``; raises ModelLoadError/ConfigError."""
-        model_path = config.artifact(precision)
-        loaded = backend_class(backend)(model_path, options).load()
+        """Load ``config``'s model for ``precision`` on ``backend`` (None: model.yaml's ``backend``, by default
+        onnxruntime); raises ModelLoadError/ConfigError. The backend picks its file (an ONNX artifact, or the
+        TensorRT engine built for this host)."""
+        kind = backend_class(backend or config.backend)
+        options = replace(options or BackendOptions(), precision=precision)
+        loaded = kind(kind.model_file(config, precision), options).load()
         try:
             return cls(config, loaded, precision)
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 import re
 import shutil
@@ -61,6 +62,12 @@ def _nvidia_smi() -> tuple[list[dict[str, str]], str | None, str]:
     return gpus, driver, "" if gpus else "nvidia-smi lists no GPU"
 
 
+def first_gpu() -> dict[str, str] | None:
+    """Name and compute capability of the first GPU nvidia-smi lists, or None."""
+    gpus, _, _ = _nvidia_smi()
+    return gpus[0] if gpus else None
+
+
 def diagnose() -> Report:
     """Inspect the host. Never raises for a missing component: it is reported with the reason."""
     report = Report(python=platform.python_version(), machine=platform.machine())
@@ -72,12 +79,14 @@ def diagnose() -> Report:
         if report.l4t:
             report.jetpack = L4T_TO_JETPACK.get(".".join(report.l4t.split(".")[:2]), "unknown to this table")
     try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+        from trtserve.cuda_runtime import import_cudart
+        from trtserve.errors import ModelLoadError
 
+        cudart = import_cudart()  # cuda.bindings.runtime, or cuda.cudart of older cuda-python
         err, version = cudart.cudaRuntimeGetVersion()
         if int(err) == 0:
             report.cuda_runtime = f"{version // 1000}.{(version % 1000) // 10}"
-    except ImportError:
+    except ModelLoadError:
         report.notes.append("cuda-python not installed (pip install 'trtserve[gpu]'): needed by the TensorRT backend")
     except Exception as exc:  # a broken CUDA install must not crash the diagnosis
         report.notes.append(f"cuda-python present but the CUDA runtime failed: {exc}")
@@ -118,9 +127,15 @@ def _backends(r: Report) -> dict[str, dict[str, Any]]:
     trt_precisions: list[str] = []
     if trt_why is None and r.tensorrt is not None:
         major = int(r.tensorrt.split(".")[0])
-        trt_precisions = ["fp32", "fp16", "int8 (Q/DQ, strongly typed)"] if major >= 10 else ["fp32", "fp16"]
+        fp16 = "fp16"
+        if major >= 11:  # strongly typed only: FP16 needs an FP16 ONNX, converted by onnxconverter-common
+            fp16 = "fp16 (converted FP16 ONNX)" if importlib.util.find_spec("onnxconverter_common") else \
+                "fp16 only with artifacts.fp16 (onnxconverter-common missing: pip install 'trtserve[gpu]')"
+        trt_precisions = ["fp32", fp16, "int8 (Q/DQ, strongly typed)"] if major >= 10 else ["fp32", fp16]
         if major < 11:
             trt_precisions.append("int8 (calibration cache, implicit)")
+        if r.dla_cores:
+            trt_precisions.append(f"DLA cores 0..{r.dla_cores - 1} (fp16/int8, --dla-core)")
     return {
         "onnxruntime": {"available": ort_ok, "providers": providers, "precisions": ort_precisions,
                         "why_not": None if ort_ok else "onnxruntime is not installed"},

@@ -87,7 +87,11 @@ def calibrated_ranges(served: Detector) -> tuple[dict[str, Range], str]:
         if ranges:
             return ranges, str(path.name)
         return {}, f"{path.name} has no QuantizeLinear nodes (not an INT8 Q/DQ model)"
-    caches = sorted((k, p) for k, p in served.config.artifacts.items() if k.startswith("calibration_cache_"))
+    # an engine: the ranges it was built from (the TensorRT Q/DQ model, else the newest calibration cache)
+    artifacts = served.config.artifacts
+    if served.precision == "int8" and "int8_tensorrt" in artifacts and artifacts["int8_tensorrt"].is_file():
+        return qdq_ranges(artifacts["int8_tensorrt"]), artifacts["int8_tensorrt"].name
+    caches = sorted((int(k.rsplit("_", 1)[1]), p) for k, p in artifacts.items() if k.startswith("calibration_cache_"))
     if caches and served.precision == "int8":
         return cache_ranges(caches[-1][1]), caches[-1][1].name
     return {}, f"no calibration found for {path.name}"

@@ -1,8 +1,14 @@
 """A contract double of the parts of the ``tensorrt`` Python API that trtserve uses.
 
 It mirrors NVIDIA's documented signatures and the behaviour the bindings enforce (pybind11 refuses a
-subclass whose ``__init__`` did not call the base one) so that control flow can be tested without a
-GPU. It is NOT TensorRT: nothing here builds or runs an engine. Grow it as the code needs more API.
+subclass whose ``__init__`` did not call the base one; objects take no new attributes) so that control
+flow can be tested without a GPU. It is NOT TensorRT.
+
+The module-level names below are the calibrator API (8.6). ``trt_module_double.make_tensorrt`` returns a
+whole ``tensorrt`` module for one version (8.5, 8.6, 10.3, 10.13, 11.x) holding only that version's documented
+API subset — so code that calls an API a version lacks (``BuilderFlag.INT8`` or ``execute_async_v2`` on
+11.x) fails with AttributeError as it would there. Its "engines" are the parsed ONNX plus a header; they run
+through ONNX Runtime on the CPU, reading and writing the buffers of :mod:`tests.doubles.cuda_double`.
 """
 
 from __future__ import annotations
@@ -57,3 +63,4 @@ def run_implicit_calibration(calibrator: Any, input_names: list[str]) -> bytes |
     cache = b"TRT-8602-EntropyCalibration2\nimages: 3c010204\n"
     calibrator.write_calibration_cache(cache)
     return cache
+

@@ -90,6 +90,8 @@ def test_demo_streams_through_a_real_server_process(tmp_path: Path, capsys: pyte
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == SAMPLE_FRAMES
     cap.release()
     assert summary["ground_truth"]["f1_iou50"] > 0.8
+    assert summary["precision"] == "int8"  # the default demo serves INT8 watched by the FP32 shadow
+    assert summary["drift"]["samples"] > 0 and summary["drift"]["agreement_f1"] >= 0.9
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--json", "--in-process")
     in_process = json.loads(out)
     assert code == 0 and in_process["mode"] == "in-process"

@@ -8,6 +8,7 @@ from trtserve.backends.base import Backend, BackendOptions, TensorInfo
 
 _BACKENDS = {
     "onnxruntime": "trtserve.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "trtserve.backends.tensorrt:TensorRTBackend",
 }
 
 

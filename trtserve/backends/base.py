@@ -9,12 +9,15 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.errors import BackendError, InvalidFrameError
+
+if TYPE_CHECKING:
+    from trtserve.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class BackendOptions:
     intra_op_threads: int = 0  # 0: the runtime's default
     graph_optimization: str = "all"  # disable | basic | extended | all
     providers: tuple[str, ...] = ()  # empty: the best the host offers
+    precision: str = "fp32"  # set by Detector.open; tells onnxruntime's TensorRT provider what to enable
+    execution_contexts: int = 0  # tensorrt: concurrent batches (0: one per optimization profile of the engine)
+    engine_cache_dir: Path | None = None  # onnxruntime's TensorRT provider: where it keeps built engines
 
 
 class Backend(abc.ABC):
@@ -64,6 +70,11 @@ class Backend(abc.ABC):
     def device(self) -> str:
         """Where the model runs, in a word or two (``cpu``, ``cuda:0``, a GPU name); for build info."""
         return "unknown"
+
+    @classmethod
+    def model_file(cls, config: ModelConfig, precision: str) -> Path:
+        """The file this backend loads for ``config`` at ``precision`` (default: the model.yaml artifact)."""
+        return config.artifact(precision)
 
     def load(self) -> Backend:
         """Open the model. Raises :class:`ModelLoadError` with what to do when it cannot."""

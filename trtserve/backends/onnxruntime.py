@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,36 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
     "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
 }
+
+
+def provider_options(providers: list[str], precision: str, cache_dir: Path, ort_version: str
+                     ) -> list[tuple[str, dict[str, Any]]]:
+    """Per-provider options. The TensorRT provider keeps its engines and timing cache in ``cache_dir`` (keyed by
+    GPU, ONNX Runtime version and precision, see :func:`ort_cache_dir`); FP16 is its builder flag; INT8 runs the
+    Q/DQ model, which TensorRT 10+ (ONNX Runtime 1.18+) builds strongly typed without ``trt_int8_enable``, while
+    TensorRT 8.x (ONNX Runtime < 1.18) needs the INT8 flag to honour Q/DQ nodes."""
+    major, minor = (int(p) for p in ort_version.split(".")[:2])
+    found: list[tuple[str, dict[str, Any]]] = []
+    for name in providers:
+        opts: dict[str, Any] = {}
+        if name == "TensorrtExecutionProvider":
+            opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": True}
+            if precision == "fp16":
+                opts["trt_fp16_enable"] = True
+            if precision == "int8" and (major, minor) < (1, 18):
+                opts["trt_int8_enable"] = True
+        found.append((name, opts))
+    return found
+
+
+def ort_cache_dir(model_path: Path, precision: str, ort_version: str, gpu: dict[str, str] | None) -> Path:
+    """``<model dir>/cache/ort-<version>.<precision>.sm<cc>.<gpu>``: an engine cache per device, like engine keys."""
+    from trtserve.cuda_runtime import DeviceInfo
+
+    device = DeviceInfo(gpu["name"], gpu["compute_capability"]) if gpu else DeviceInfo("unknown-gpu", "0.0")
+    cc = device.compute_capability.replace(".", "")
+    return model_path.parent / "cache" / f"ort-{ort_version}.{precision}.sm{cc}.{device.slug}"
 
 
 def _info(arg: Any) -> TensorInfo:
@@ -52,8 +83,16 @@ class OnnxRuntimeBackend(Backend):
                                  f"expected one of {sorted(levels)}")
         so.graph_optimization_level = levels[self.options.graph_optimization]
         so.log_severity_level = 3
+        chosen: list[Any] = list(wanted)
+        if "TensorrtExecutionProvider" in wanted:
+            from trtserve.doctor import first_gpu
+
+            cache = self.options.engine_cache_dir or ort_cache_dir(self.model_path, self.options.precision,
+                                                                   ort.__version__, first_gpu())
+            cache.mkdir(parents=True, exist_ok=True)
+            chosen = provider_options(wanted, self.options.precision, cache, ort.__version__)
         try:
-            self._session = ort.InferenceSession(str(self.model_path), so, providers=wanted)
+            self._session = ort.InferenceSession(str(self.model_path), so, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             raise ModelLoadError(f"ONNX Runtime cannot load {self.model_path}: {exc}. Is it a valid "
                                  "ONNX file? Re-export it or restore it from the repository.") from exc

@@ -1,0 +1,142 @@
+# ruff: noqa: N815 - cuda-python's own mixedCase names
+"""A contract double of cuda-python's runtime module (``cuda.bindings.runtime`` / ``cuda.cudart``).
+
+Mirrors the calls trtserve makes: every function returns ``(cudaError_t, *values)`` like cuda-python.
+"Device" and pinned memory are real host memory (numpy buffers) handed out by address, so code that
+copies through these pointers really moves the bytes, and the double can check each copy stays inside an
+allocation of the right kind. It is NOT CUDA: nothing runs on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+
+class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInvalidDevicePointer = 17
+
+
+class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+    cudaMemcpyHostToHost = 0
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
+
+
+class cudaStream_t:  # noqa: N801
+    def __init__(self, handle: int) -> None:
+        self._handle = handle
+
+    def __int__(self) -> int:
+        return self._handle
+
+
+@dataclass
+class Props:
+    name: bytes
+    major: int
+    minor: int
+
+
+class CudaDouble:
+    """State of one fake device; :func:`make_cudart` wraps it as a module."""
+
+    def __init__(self, gpu_name: str = "NVIDIA Double GPU", compute_capability: tuple[int, int] = (8, 9)) -> None:
+        self.props = Props(gpu_name.encode(), *compute_capability)
+        self.device: dict[int, np.ndarray] = {}
+        self.pinned: dict[int, np.ndarray] = {}
+        self.streams: set[int] = set()
+        self.copies: list[tuple[str, int]] = []  # (kind, bytes)
+        self._next_stream = 0x1000
+
+    def live(self) -> int:
+        """Allocations and streams not released yet."""
+        return len(self.device) + len(self.pinned) + len(self.streams)
+
+    def find(self, pointer: int, size: int, pool: dict[int, np.ndarray]) -> bool:
+        return any(base <= pointer and pointer + size <= base + buf.nbytes for base, buf in pool.items())
+
+    def check_device(self, pointer: int, size: int) -> None:
+        if not self.find(pointer, size, self.device):
+            raise AssertionError(f"{size} bytes at {pointer:#x} are not inside a cudaMalloc allocation")
+
+    def _alloc(self, pool: dict[int, np.ndarray], size: int) -> tuple[cudaError_t, int]:
+        if size <= 0:
+            return cudaError_t.cudaErrorInvalidValue, 0
+        buf = np.zeros(size + 256, np.uint8)
+        pointer = (buf.ctypes.data + 255) // 256 * 256  # CUDA allocations are 256-byte aligned
+        pool[pointer] = buf[pointer - buf.ctypes.data:][:size]
+        return cudaError_t.cudaSuccess, pointer
+
+    def module(self, name: str) -> ModuleType:
+        m = ModuleType(name)
+        m.cudaError_t = cudaError_t  # type: ignore[attr-defined]
+        m.cudaMemcpyKind = cudaMemcpyKind  # type: ignore[attr-defined]
+        m.double = self  # type: ignore[attr-defined]
+
+        def cudaMalloc(size: int) -> tuple[cudaError_t, int]:  # noqa: N802
+            return self._alloc(self.device, size)
+
+        def cudaMallocHost(size: int) -> tuple[cudaError_t, int]:  # noqa: N802
+            return self._alloc(self.pinned, size)
+
+        def cudaFree(pointer: int) -> tuple[cudaError_t]:  # noqa: N802
+            return (cudaError_t.cudaSuccess,) if self.device.pop(pointer, None) is not None \
+                else (cudaError_t.cudaErrorInvalidDevicePointer,)
+
+        def cudaFreeHost(pointer: int) -> tuple[cudaError_t]:  # noqa: N802
+            return (cudaError_t.cudaSuccess,) if self.pinned.pop(pointer, None) is not None \
+                else (cudaError_t.cudaErrorInvalidValue,)
+
+        def cudaMemcpy(dst: int, src: int, size: int, kind: cudaMemcpyKind) -> tuple[cudaError_t]:  # noqa: N802
+            if kind == cudaMemcpyKind.cudaMemcpyHostToDevice and not self.find(dst, size, self.device):
+                return (cudaError_t.cudaErrorInvalidValue,)
+            if kind == cudaMemcpyKind.cudaMemcpyDeviceToHost and not self.find(src, size, self.device):
+                return (cudaError_t.cudaErrorInvalidValue,)
+            ctypes.memmove(dst, src, size)
+            self.copies.append((kind.name, size))
+            return (cudaError_t.cudaSuccess,)
+
+        def cudaMemcpyAsync(dst: int, src: int, size: int, kind: cudaMemcpyKind, stream: Any  # noqa: N802
+                            ) -> tuple[cudaError_t]:
+            if int(stream) not in self.streams:
+                return (cudaError_t.cudaErrorInvalidValue,)
+            return cudaMemcpy(dst, src, size, kind)
+
+        def cudaStreamCreate() -> tuple[cudaError_t, cudaStream_t]:  # noqa: N802
+            self._next_stream += 16
+            self.streams.add(self._next_stream)
+            return cudaError_t.cudaSuccess, cudaStream_t(self._next_stream)
+
+        def cudaStreamDestroy(stream: Any) -> tuple[cudaError_t]:  # noqa: N802
+            if int(stream) not in self.streams:
+                return (cudaError_t.cudaErrorInvalidValue,)
+            self.streams.discard(int(stream))
+            return (cudaError_t.cudaSuccess,)
+
+        def cudaStreamSynchronize(stream: Any) -> tuple[cudaError_t]:  # noqa: N802
+            return (cudaError_t.cudaSuccess,) if int(stream) in self.streams else (cudaError_t.cudaErrorInvalidValue,)
+
+        def cudaGetDevice() -> tuple[cudaError_t, int]:  # noqa: N802
+            return cudaError_t.cudaSuccess, 0
+
+        def cudaGetDeviceProperties(device: int) -> tuple[cudaError_t, Props]:  # noqa: N802
+            return cudaError_t.cudaSuccess, self.props
+
+        def cudaRuntimeGetVersion() -> tuple[cudaError_t, int]:  # noqa: N802
+            return cudaError_t.cudaSuccess, 12060
+
+        for fn in (cudaMalloc, cudaMallocHost, cudaFree, cudaFreeHost, cudaMemcpy, cudaMemcpyAsync, cudaStreamCreate,
+                   cudaStreamDestroy, cudaStreamSynchronize, cudaGetDevice, cudaGetDeviceProperties,
+                   cudaRuntimeGetVersion):
+            setattr(m, fn.__name__, fn)
+        return m

@@ -1,0 +1,94 @@
+"""The CUDA runtime calls the TensorRT path needs, through cuda-python, imported lazily.
+
+cuda-python moved its runtime module: ``cuda.bindings.runtime`` since 12.6.1, ``cuda.cudart`` before.
+Both are accepted. Every cuda-python call returns ``(error, *values)``; :meth:`CudaRuntime.call` checks
+the error and raises :class:`BackendError` naming the call, so no failure passes silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from trtserve.errors import BackendError, ModelLoadError
+
+_MODULES = ("cuda.bindings.runtime", "cuda.cudart")
+INSTALL_HINT = ("install cuda-python (pip install 'trtserve[gpu]'); on a Jetson use the JetPack image, "
+                "on x86 the NGC TensorRT container")
+
+
+def import_cudart() -> Any:
+    """The cuda-python runtime module (newest import path first); ModelLoadError says how to install it."""
+    errors = []
+    for name in _MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise ModelLoadError(f"the CUDA runtime bindings are not importable ({'; '.join(errors)}): {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The GPU an engine is built for: TensorRT plans are valid for one GPU model and compute capability."""
+
+    gpu_name: str
+    compute_capability: str  # "8.7"
+
+    @property
+    def slug(self) -> str:
+        """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3`` (safe in a file name)."""
+        return "-".join("".join(c if c.isalnum() else " " for c in self.gpu_name.lower()).split()) or "gpu"
+
+
+class CudaRuntime:
+    """Checked wrappers over the cuda-python runtime. Pointers and stream handles are plain ints / objects."""
+
+    def __init__(self, module: Any | None = None) -> None:
+        self.rt = module if module is not None else import_cudart()
+
+    def call(self, what: str, *args: Any) -> Any:
+        result = getattr(self.rt, what)(*args)
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise BackendError(f"CUDA {what} failed: {err}")
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def device(self) -> DeviceInfo:
+        index = self.call("cudaGetDevice")
+        props = self.call("cudaGetDeviceProperties", index)
+        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+        return DeviceInfo(name.split("\x00")[0].strip(), f"{props.major}.{props.minor}")
+
+    def malloc(self, size_bytes: int) -> int:
+        return int(self.call("cudaMalloc", size_bytes))
+
+    def malloc_host(self, size_bytes: int) -> int:
+        """Page-locked host memory: async copies from it overlap with compute."""
+        return int(self.call("cudaMallocHost", size_bytes))
+
+    def free(self, pointer: int) -> None:
+        self.call("cudaFree", pointer)
+
+    def free_host(self, pointer: int) -> None:
+        self.call("cudaFreeHost", pointer)
+
+    def stream_create(self) -> Any:
+        return self.call("cudaStreamCreate")
+
+    def stream_destroy(self, stream: Any) -> None:
+        self.call("cudaStreamDestroy", stream)
+
+    def synchronize(self, stream: Any) -> None:
+        self.call("cudaStreamSynchronize", stream)
+
+    def copy_to_device(self, device_ptr: int, host_ptr: int, size_bytes: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self.call("cudaMemcpyAsync", device_ptr, host_ptr, size_bytes, kind, stream)
+
+    def copy_to_host(self, host_ptr: int, device_ptr: int, size_bytes: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self.call("cudaMemcpyAsync", host_ptr, device_ptr, size_bytes, kind, stream)
