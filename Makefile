@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1 protos
+.PHONY: demo test lint setup clean test-numpy1 protos deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,17 @@ test-numpy1: $(COMPAT_STAMP)
 	$(COMPAT)/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
-test: lint test-numpy1
+# tests/deploy: shellcheck (Debian package) checks docker/entrypoint.sh. Kustomize is not installed here: Debian's
+# only one (inside kubernetes-client 1.20) is v2.0.3, too old; tests/deploy uses `kubectl kustomize` where the machine
+# has kustomize v4+ and otherwise its own renderer, which is checked against the real one wherever that exists.
+deploy-tools:
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      shellcheck) >/dev/null 2>&1 || echo "deploy-tools: could not install shellcheck; its test is skipped"; \
+	  else echo "deploy-tools: no shellcheck and no root apt-get; its test is skipped"; fi; }
+
+test: lint test-numpy1 deploy-tools
 	$(BIN)/python -m pytest -q tests
 
 clean:
