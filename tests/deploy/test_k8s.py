@@ -276,3 +276,20 @@ def test_renderer_matches_kustomize(overlay: str) -> None:
     real = {key(d): d for d in render_with(found[0])(K8S / "overlays" / overlay)}
     mine = {key(d): d for d in kustomize_py.build(K8S / "overlays" / overlay)}
     assert mine == real, f"the Python renderer departs from {found[1]}"
+
+
+def test_model_config_in_the_configmap_loads_and_tracks_the_repository(tmp_path: Path) -> None:
+    import shutil
+
+    from trtserve.repository import ModelRepository
+
+    shipped = yaml.safe_load((ROOT / "engines" / "shapes" / "model.yaml").read_text())
+    override_text = (K8S / "base" / "models" / "shapes.yaml").read_text()
+    override = yaml.safe_load(override_text)
+    # only the tunables may differ; artifacts, input and classes must follow engines/shapes/model.yaml
+    assert {k: v for k, v in override.items() if k != "head"} == {k: v for k, v in shipped.items() if k != "head"}
+    assert override["head"]["type"] == shipped["head"]["type"]
+    shutil.copytree(ROOT / "engines" / "shapes", tmp_path / "shapes")
+    (tmp_path / "shapes" / "model.yaml").write_text(override_text)
+    config = ModelRepository(tmp_path).get("shapes")
+    assert config.head.score_threshold == override["head"]["score_threshold"]
