@@ -129,7 +129,7 @@ prepare() {
 }
 
 cmd=${1:-serve}
-[ $# -gt 0 ] && shift
+if [ $# -gt 0 ]; then shift; fi
 case "$cmd" in
     prepare)
         prepare

@@ -133,7 +133,7 @@ def test_a_failed_build_stops_with_its_reason(env: dict[str, str]) -> None:
 
 
 def test_cpu_image_serves_without_building(env: dict[str, str]) -> None:
-    result = run({**env, "TRTSERVE_BUILD_ENGINES": "0"}, "serve")
+    result = run({**env, "TRTSERVE_BUILD_ENGINES": "0"})  # no arguments: serve, as the images' CMD
     assert result.returncode == 0, result.stderr
     assert [c.split()[3] for c in calls(env)] == ["serve"]
 
