@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1 protos deploy-tools
+.PHONY: demo test lint setup clean test-numpy1 protos deploy-tools image-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ deploy-tools:
 
 test: lint test-numpy1 deploy-tools
 	$(BIN)/python -m pytest -q tests
+
+# opt-in, root on Debian, minutes: build the CPU image with buildah (no daemon) and check it serves (not in `test`)
+image-smoke:
+	docker/buildah-smoke.sh
 
 clean:
 	rm -rf $(VENV) $(COMPAT) build

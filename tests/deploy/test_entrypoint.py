@@ -173,3 +173,5 @@ def test_shellcheck_is_clean() -> None:
         pytest.skip("shellcheck is not installed (make test installs it from Debian's packages)")
     result = subprocess.run(["shellcheck", "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+    smoke = subprocess.run(["shellcheck", str(ROOT / "docker" / "buildah-smoke.sh")], capture_output=True, text=True)
+    assert smoke.returncode == 0, smoke.stdout
