@@ -35,7 +35,7 @@ cd "$ROOT"
 "${B[@]}" bud -q --format docker --isolation chroot --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
     -f docker/Dockerfile.cpu -t localhost/trtserve:0.1.0-cpu . >/dev/null
 "${B[@]}" inspect --format 'image: user {{.Docker.Config.User}}, healthcheck {{.Docker.Config.Healthcheck.Test}}' \
-    localhost/trtserve:0.1.0-cpu
+    localhost/trtserve:0.1.0-cpu; echo
 c=$("${B[@]}" from localhost/trtserve:0.1.0-cpu)
 run() { "${B[@]}" run --isolation chroot --env "TRTSERVE_GRPC_PORT=$PORT" "$c" -- "$@"; }
 run id
@@ -48,8 +48,9 @@ for _ in $(seq 1 120); do
 done
 run trtserve health || true
 descendants() { for k in $(ps -o pid= --ppid "$1"); do descendants "$k"; echo "$k"; done; }
-# shellcheck disable=SC2046
-kill -TERM $(descendants "$server") "$server" 2>/dev/null || true
+# SIGTERM to the server process itself (the deepest one: the entrypoint exec'd it), as a container stop would;
+# it drains and exits, and buildah run with it
+kill -TERM "$(descendants "$server" | head -n 1)" 2>/dev/null || true
 wait "$server" 2>/dev/null || true
 "${B[@]}" rm "$c" >/dev/null
 [ "$status" = 0 ] && echo "image-smoke: OK, the CPU image serves and reports SERVING" || echo "image-smoke: FAILED"
