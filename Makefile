@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 COMPAT := .venv-numpy1
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: demo test lint setup clean test-numpy1 protos tools gpu-test
+.PHONY: demo test lint setup clean test-numpy1 protos tools gpu-test image-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,15 +40,22 @@ test-numpy1: $(COMPAT_STAMP)
 	$(COMPAT)/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
-# Prometheus and promtool (Debian's package) for the monitoring tests; installed once, when missing.
+# Debian packages the tests use: prometheus (promtool, and a server for the metrics integration test) and
+# shellcheck (docker/entrypoint.sh). Installed once, when missing. Kustomize is not installed: Debian's only one
+# (inside kubernetes-client 1.20) is v2.0.3, too old; tests/deploy uses `kubectl kustomize` where the machine has
+# kustomize v4+ and otherwise its own renderer, which is checked against the real one wherever that exists.
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing Debian's prometheus package (promtool, and a server for the integration test)"; \
+	@missing=""; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="prometheus"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends prometheus >/dev/null; }
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
 
-test: export TRTSERVE_REQUIRE_PROMETHEUS := 1
+test: export TRTSERVE_REQUIRE_TOOLS := 1
 test: lint tools test-numpy1
 	$(BIN)/python -m pytest -q tests
 
@@ -62,6 +69,10 @@ $(GPU_VENV)/.installed: pyproject.toml
 
 gpu-test: $(GPU_VENV)/.installed
 	$(GPU_VENV)/bin/python -m pytest -q -rs -s tests/gpu
+
+# opt-in, root on Debian, minutes: build the CPU image with buildah (no daemon) and check it serves (not in `test`)
+image-smoke:
+	docker/buildah-smoke.sh
 
 clean:
 	rm -rf $(VENV) $(COMPAT) $(GPU_VENV) build

@@ -354,6 +354,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- trtserve health: the containers' HEALTHCHECK (grpc.health.v1), see trtserve/healthcheck.py ---
+def add_health_command(sub: Any) -> None:
+    """Register ``trtserve health``: exit 0 when the server (or one model) is SERVING, 1 otherwise."""
+    def cmd_health(args: argparse.Namespace) -> int:
+        from trtserve.healthcheck import check_health, default_address
+
+        result = check_health(args.address or default_address(), args.service, args.timeout_s)
+        sys.stdout.write(f"{result.detail}\n")
+        return 0 if result.serving else 1
+
+    p = sub.add_parser("health", help="ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (1)")
+    p.add_argument("--address", help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001)")
+    p.add_argument("--service", default="", help="a model name, or '' (default) for the whole server")
+    p.add_argument("--timeout-s", type=float, default=3.0)
+    p.set_defaults(func=cmd_health)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trtserve", description="Serve object detectors on TensorRT and "
                                      "ONNX Runtime, calibrated to INT8.")
@@ -488,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-rate", type=float, metavar="R",
                    help="bench streams with the FP32 shadow on R of the batches against off, in one run")
     p.set_defaults(func=cmd_bench)
+    add_health_command(sub)
     return parser
 
 

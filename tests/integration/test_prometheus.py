@@ -1,6 +1,6 @@
 """A real Prometheus server (Debian's package) scraping a real trtserve while streams run.
 
-`make test` installs Prometheus and sets TRTSERVE_REQUIRE_PROMETHEUS=1, so in CI a missing binary fails
+`make test` installs Prometheus and sets TRTSERVE_REQUIRE_TOOLS=1, so in CI a missing binary fails
 instead of skipping.
 """
 
@@ -35,7 +35,7 @@ from ..conftest import ENGINES, ROOT
 def _binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
-        if os.environ.get("TRTSERVE_REQUIRE_PROMETHEUS"):
+        if os.environ.get("TRTSERVE_REQUIRE_TOOLS"):
             pytest.fail("prometheus is not installed; `make test` installs Debian's package (make tools)")
         pytest.skip("prometheus is not installed (apt-get install prometheus, or run `make test`)")
     return found

@@ -22,7 +22,7 @@ NAME = re.compile(r"\b(trtserve_[a-z0-9_]+|process_[a-z0-9_]+)")
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("TRTSERVE_REQUIRE_PROMETHEUS"):
+        if os.environ.get("TRTSERVE_REQUIRE_TOOLS"):
             pytest.fail("promtool is not installed; `make test` installs Debian's prometheus package")
         pytest.skip("promtool is not installed (apt-get install prometheus, or run `make test`)")
     return found
