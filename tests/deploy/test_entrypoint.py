@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.deploy.conftest import ROOT
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -169,11 +170,8 @@ def test_gpu_found_through_nvidia_smi_or_jetson_device_nodes(env: dict[str, str]
 
 
 def test_shellcheck_is_clean() -> None:
-    if shutil.which("shellcheck") is None:
-        if os.environ.get("TRTSERVE_REQUIRE_TOOLS"):
-            pytest.fail("shellcheck is not installed; `make test` installs it from Debian's packages (make tools)")
-        pytest.skip("shellcheck is not installed (make test installs it from Debian's packages)")
-    result = subprocess.run(["shellcheck", "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True)
+    shellcheck = require_tool("shellcheck", "shellcheck")
+    result = subprocess.run([shellcheck, "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
-    smoke = subprocess.run(["shellcheck", str(ROOT / "docker" / "buildah-smoke.sh")], capture_output=True, text=True)
+    smoke = subprocess.run([shellcheck, str(ROOT / "docker" / "buildah-smoke.sh")], capture_output=True, text=True)
     assert smoke.returncode == 0, smoke.stdout

@@ -6,8 +6,6 @@ instead of skipping.
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -29,16 +27,7 @@ from trtserve.synthetic import video_frames
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
-from ..conftest import ENGINES, ROOT
-
-
-def _binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("TRTSERVE_REQUIRE_TOOLS"):
-            pytest.fail("prometheus is not installed; `make test` installs Debian's package (make tools)")
-        pytest.skip("prometheus is not installed (apt-get install prometheus, or run `make test`)")
-    return found
+from ..conftest import ENGINES, ROOT, require_tool
 
 
 def _get(url: str) -> Any:
@@ -64,7 +53,7 @@ class Prometheus:
 
 @pytest.fixture()
 def prometheus_for(tmp_path: Path) -> Iterator[Any]:
-    binary = _binary()
+    binary = require_tool("prometheus", "prometheus")
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(metrics_port: int) -> Prometheus:

@@ -1,9 +1,7 @@
 """The shipped alert rules and Grafana dashboard: valid for promtool, and only metric names trtserve exports."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,19 +11,14 @@ from prometheus_client.core import HistogramMetricFamily
 
 from trtserve.metrics import Metrics
 
-from ..conftest import ROOT
+from ..conftest import ROOT, require_tool
 
 MONITORING = ROOT / "monitoring"
 NAME = re.compile(r"\b(trtserve_[a-z0-9_]+|process_[a-z0-9_]+)")
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("TRTSERVE_REQUIRE_TOOLS"):
-            pytest.fail("promtool is not installed; `make test` installs Debian's prometheus package")
-        pytest.skip("promtool is not installed (apt-get install prometheus, or run `make test`)")
-    return found
+    return require_tool("promtool", "prometheus")
 
 
 def exported_names() -> set[str]:
