@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from calibrators.trt_cache import read_cache
+from calibrators.trt_cache import CacheFormatError, read_cache
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _check(result: Any, what: str) -> Any:
 def make_entropy_calibrator(cache_path: Path, batch_size: int,
                             feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
                             trt: ModuleType | None = None) -> Any:
-    """Build a ``trt.IInt8EntropyCalibrator2`` instance.
+    """Build a ``trt.IInt8EntropyCalibrator2`` instance (an ``IInt8MinMaxCalibrator`` to serve a MinMax cache).
 
     With ``feeds`` None, ``cache_path`` must hold a valid cache (checked now, not at build time).
     """
@@ -63,9 +63,13 @@ def make_entropy_calibrator(cache_path: Path, batch_size: int,
     cache_path = Path(cache_path)
     if feeds is None:
         cache = read_cache(cache_path)  # raises CacheFormatError naming the line
-        if cache.algorithm != "EntropyCalibration2":
-            logger.warning("%s holds %s scales; TensorRT will ignore it for an entropy calibrator",
-                           cache_path, cache.algorithm)
+        # TensorRT uses a cache only with a calibrator of the algorithm named in its header
+        bases = {"EntropyCalibration2": "IInt8EntropyCalibrator2", "MinMaxCalibration": "IInt8MinMaxCalibrator"}
+        if cache.algorithm not in bases:
+            raise CacheFormatError(f"{cache_path}: a {cache.algorithm} cache; trtserve serves EntropyCalibration2 and "
+                                   "MinMaxCalibration caches: recalibrate with `trtserve calibrate MODEL --method "
+                                   "entropy`")
+        base = getattr(trt, bases[cache.algorithm])
 
     class EntropyCalibrator(base):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,14 @@ def read_drift(reader: YamlReader, base: DriftSpec) -> DriftSpec:
     )
 
 
+def apply_drift_block(base: DriftSpec, block: Mapping[str, Any], source: Path) -> DriftSpec:
+    """``base`` with a ``drift:`` block on top; a ``sample_rate`` without ``enabled`` turns drift on (> 0) or off."""
+    spec = read_drift(YamlReader(source, dict(block), "drift", DRIFT_KEYS), base)
+    if "sample_rate" in block and "enabled" not in block:
+        spec = replace(spec, enabled=spec.sample_rate > 0)
+    return spec
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """How ``trtserve build`` and the tensorrt backend make engines (``engine:`` in model.yaml)."""
@@ -132,8 +140,7 @@ class ModelConfig:
 
     def drift_settings(self, server_defaults: DriftSpec) -> DriftSpec:
         """The server's drift defaults with this model's ``drift:`` keys on top."""
-        return read_drift(YamlReader(self.source_file or Path("model.yaml"), dict(self.drift), "drift", DRIFT_KEYS),
-                          server_defaults)
+        return apply_drift_block(server_defaults, self.drift, self.source_file or Path("model.yaml"))
     backend: str = "onnxruntime"
     engine: EngineSpec = field(default_factory=EngineSpec)
 

@@ -51,6 +51,17 @@ class FrameResult:
         return self.error is None
 
 
+def infer_padded(backend: Backend, input_name: str, tensor: NDArray[np.generic], fixed_batch: int | None
+                 ) -> dict[str, NDArray[np.generic]]:
+    """Run one batch; a model with a fixed batch larger than it gets zero frames appended, cut off after."""
+    n = tensor.shape[0]
+    if fixed_batch is not None and n < fixed_batch:
+        pad = np.zeros((fixed_batch - n, *tensor.shape[1:]), tensor.dtype)
+        tensor = np.concatenate([tensor, pad])
+    outputs = backend.infer({input_name: tensor})
+    return {k: v[:n] for k, v in outputs.items()}
+
+
 class Detector:
     """A loaded model ready to detect. Create with :meth:`open`; release with :meth:`close`."""
 
@@ -154,12 +165,7 @@ class Detector:
 
     def infer_tensor(self, tensor: NDArray[np.floating]) -> dict[str, NDArray[np.generic]]:
         """A normalized input batch -> raw outputs (fixed-batch models are padded, then cut back)."""
-        n = tensor.shape[0]
-        if self.fixed_batch is not None and n < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - n, *tensor.shape[1:]), tensor.dtype)
-            tensor = np.concatenate([tensor, pad])
-        outputs = self.backend.infer({self.input_name: tensor})
-        return {k: v[:n] for k, v in outputs.items()}
+        return infer_padded(self.backend, self.input_name, tensor, self.fixed_batch)
 
     def decode(self, outputs: dict[str, NDArray[np.generic]], geometries: Sequence[Letterbox],
                thresholds: Sequence[Thresholds]) -> list[Detections]:

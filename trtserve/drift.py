@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from trtserve.backends import Backend, BackendOptions, backend_class
 from trtserve.config import DriftSpec
-from trtserve.detector import BatchRun, Detector
+from trtserve.detector import BatchRun, Detector, infer_padded
 from trtserve.errors import ModelLoadError
 from trtserve.heads import Detections, Thresholds
 from trtserve.metrics import Metrics
@@ -87,14 +87,17 @@ def calibrated_ranges(served: Detector) -> tuple[dict[str, Range], str]:
         if ranges:
             return ranges, str(path.name)
         return {}, f"{path.name} has no QuantizeLinear nodes (not an INT8 Q/DQ model)"
-    # an engine: the ranges it was built from (the TensorRT Q/DQ model, else the newest calibration cache)
-    artifacts = served.config.artifacts
-    if served.precision == "int8" and "int8_tensorrt" in artifacts and artifacts["int8_tensorrt"].is_file():
-        return qdq_ranges(artifacts["int8_tensorrt"]), artifacts["int8_tensorrt"].name
-    caches = sorted((int(k.rsplit("_", 1)[1]), p) for k, p in artifacts.items() if k.startswith("calibration_cache_"))
-    if caches and served.precision == "int8":
-        return cache_ranges(caches[-1][1]), caches[-1][1].name
-    return {}, f"no calibration found for {path.name}"
+    if served.precision != "int8":
+        return {}, f"{path.name} is not an INT8 model"
+    # an engine: the ranges it was built from, as its sidecar records (a calibration cache, or the Q/DQ model)
+    from trtserve.engine_key import read_record
+
+    record = read_record(path)
+    source = served.config.directory / (record.calibration_cache_file or record.onnx_file)
+    if record.calibration_cache_file:
+        return cache_ranges(source), source.name
+    ranges = qdq_ranges(source) if source.suffix == ".onnx" and source.is_file() else {}
+    return ranges, source.name if ranges else f"{path.name} records no calibration it was built from"
 
 
 def with_extra_outputs(model_path: Path, tensors: Sequence[str], folder: Path) -> tuple[Path, list[str]]:
@@ -225,6 +228,7 @@ class DriftMonitor:
         for t in spec.coverage_tensors:
             if t in ranges:
                 self._coverage_labels[t] = [t]
+        self._coverage_labels = {k: v for k, v in self._coverage_labels.items() if v}  # nothing to read: no series
         self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in self._coverage_labels}
 
     @classmethod
@@ -239,21 +243,22 @@ class DriftMonitor:
                                  f"of {served.backend.model_path.name} (some that are: {sorted(ranges)[:8]})")
         if not ranges:
             logger.info("model %s: calibration coverage off: %s", config.name, source)
-        shadow_path = config.artifact(spec.shadow_precision)
+        kind = backend_class(spec.shadow_backend)
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"trtserve-shadow-{config.name}",
                                       initializer=_lowest_priority)
         scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-") if ranges else None
         options = BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers)
 
-        def load() -> tuple[Backend, list[str]]:
-            path, readable = shadow_path, list[str]()
-            if scratch is not None and shadow_path.suffix == ".onnx":
+        def load() -> tuple[Backend, Path, list[str]]:
+            source_path = kind.model_file(config, spec.shadow_precision)  # an engine for a tensorrt shadow
+            path, readable = source_path, list[str]()
+            if scratch is not None and source_path.suffix == ".onnx":
                 extra = [t for t in ranges if t != served.input_name]
-                path, readable = with_extra_outputs(shadow_path, extra, Path(scratch.name))
-            return backend_class(spec.shadow_backend)(path, options).load(), readable
+                path, readable = with_extra_outputs(source_path, extra, Path(scratch.name))
+            return kind(path, options).load(), source_path, readable
 
         try:
-            shadow, readable = executor.submit(load).result()
+            shadow, shadow_path, readable = executor.submit(load).result()
             unreadable = [t for t in ranges if t != served.input_name and t not in readable]
             if unreadable:
                 logger.warning("model %s: %d calibrated tensors are not in the shadow %s (e.g. %s); coverage leaves "
@@ -295,20 +300,25 @@ class DriftMonitor:
     def _finished(self, future: Future[None]) -> None:
         with self._lock:
             self._pending -= 1
+        if future.cancelled():  # closing: the sample was never run
+            return
         exc = future.exception()
         if exc is not None:
-            self.errors += 1
+            with self._lock:
+                self.errors += 1
+                errors = self.errors
             self._m_errors.inc()
-            if self.errors <= 3 or self.errors % 100 == 0:
+            if errors <= 3 or errors % 100 == 0:
                 logger.warning("model %s: shadow run %d failed (serving is unaffected): %s",
-                               self.served.config.name, self.errors, exc)
+                               self.served.config.name, errors, exc)
 
     # --- the shadow side --------------------------------------------------------------------------------
 
     def _compare(self, run: BatchRun, geometries: list[Letterbox], thresholds: list[Thresholds]) -> None:
         shadow_in = self.shadow.inputs[0]
         tensor = run.tensor.astype(shadow_in.dtype, copy=False)
-        outputs = self.shadow.infer({self.served.input_name: tensor})
+        fixed = shadow_in.shape[0]
+        outputs = infer_padded(self.shadow, self.served.input_name, tensor, fixed if isinstance(fixed, int) else None)
         head_outputs = {k: outputs[k] for k in self._head_outputs}
         frames: list[FrameDrift] = []
         if self.served.head.type == "raw":

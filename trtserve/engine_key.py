@@ -60,6 +60,8 @@ class BuildSettings:
             parts += ["--workspace-gb", f"{self.workspace_bytes / GIB:g}"]
         if self.dla_core is not None:
             parts += ["--dla-core", str(self.dla_core)]
+        if self.execution_contexts != 2:
+            parts += ["--contexts", str(self.execution_contexts)]
         return " ".join([*parts, "--repository", str(repository)])
 
 

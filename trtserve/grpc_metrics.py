@@ -20,7 +20,7 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str
         return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
     if error is None:
         return "OK"
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the client went away mid-stream
         return "CANCELLED"
     return "UNKNOWN"  # what grpc answers for an unhandled exception in a handler
 
@@ -65,8 +65,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             error: BaseException | None = None
             streams.inc()
+            result = stream_behavior(request, context)
             try:
-                result = stream_behavior(request, context)
                 if hasattr(result, "__aiter__"):
                     async for response in result:
                         yield response
@@ -76,6 +76,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
+                if hasattr(result, "aclose"):  # run the handler's own clean-up now, not at garbage collection
+                    await result.aclose()
                 streams.dec()
                 requests.labels(method, _code(context, error)).inc()
 

@@ -232,6 +232,11 @@ class TegrastatsCollector(Collector):
 
     def close(self) -> None:
         self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 def device_collectors(registry: CollectorRegistry, which: str = "auto") -> list[Collector]:
@@ -252,7 +257,10 @@ def device_collectors(registry: CollectorRegistry, which: str = "auto") -> list[
     if not found and platform.machine() == "aarch64":
         tegrastats = shutil.which("tegrastats")
         if tegrastats:
-            found.append(TegrastatsCollector(tegrastats))
+            try:
+                found.append(TegrastatsCollector(tegrastats))
+            except OSError as exc:
+                logger.info("Jetson GPU metrics off: cannot run %s: %s", tegrastats, exc)
         else:
             logger.info("Jetson GPU metrics off: tegrastats is not on PATH (not a Jetson, or L4T tools missing)")
     for collector in found:

@@ -91,8 +91,8 @@ class Pipeline:
     async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         self.metrics.set_ready(False)
         await self.batcher.stop(drain, timeout_s)
-        if self.drift is not None:
-            self.drift.close()
+        if self.drift is not None:  # waits for a running shadow batch: off the event loop
+            await asyncio.to_thread(self.drift.close)
 
     def _prepare(self, frame: Frame) -> tuple[NDArray[np.uint8], Letterbox, float]:
         t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve import __version__
 from trtserve.backends import BackendOptions
-from trtserve.config import DriftSpec
+from trtserve.config import DriftSpec, apply_drift_block
 from trtserve.detector import Detector
 from trtserve.drift import DriftMonitor
 from trtserve.grpc_metrics import MetricsInterceptor
@@ -58,6 +59,7 @@ class ServerSettings:
     metrics_host: str | None = None  # None: the same as host
     device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
     drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
+    drift_overrides: Mapping[str, Any] = field(default_factory=dict)  # env / flag drift keys: over model.yaml too
 
 
 class Server:
@@ -103,7 +105,10 @@ class Server:
         detector = Detector.open(config, s.precision, options=BackendOptions())
         drift = None
         try:
-            drift = self._drift_monitor(detector, config.drift_settings(s.drift))
+            spec = config.drift_settings(s.drift)
+            if s.drift_overrides:
+                spec = apply_drift_block(spec, s.drift_overrides, Path("<environment or command line>"))
+            drift = self._drift_monitor(detector, spec)
             pipeline = Pipeline(detector, self._executor, s.batcher, self.metrics, drift)
         except BaseException:
             if drift is not None:

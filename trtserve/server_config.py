@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trtserve.config import DRIFT_KEYS, PRECISIONS, YamlReader, read_drift
+from trtserve.config import PRECISIONS, YamlReader, apply_drift_block
 from trtserve.errors import ConfigError
 from trtserve.pipeline import BatcherConfig
 from trtserve.security import TlsSettings
@@ -80,10 +80,7 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         exempt = tuple(listed)
     drift = settings.drift
     if "drift" in top.data:
-        block = top.get("drift", dict, expected="a mapping")
-        drift = read_drift(YamlReader(source, block, "drift", DRIFT_KEYS), settings.drift)
-        if "sample_rate" in block and "enabled" not in block:  # a rate alone (--shadow-rate R) turns it on
-            drift = replace(drift, enabled=drift.sample_rate > 0)
+        drift = apply_drift_block(settings.drift, top.get("drift", dict, expected="a mapping"), source)
     metrics_port = settings.metrics_port
     if "metrics_port" in top.data:
         metrics_port = None if top.data["metrics_port"] is None else top.number(
@@ -142,4 +139,6 @@ def load_server_settings(config_file: Path | None = None, environ: Mapping[str, 
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     if explicit:
         settings = _apply(settings, _nest(explicit), Path("<command line>"))
-    return settings
+    # drift keys from the environment or the command line also win over each model's own drift: block
+    forced = {k.removeprefix("drift."): v for k, v in {**from_env, **explicit}.items() if k.startswith("drift.")}
+    return replace(settings, drift_overrides=forced) if forced else settings

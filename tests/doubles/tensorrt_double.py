@@ -40,6 +40,10 @@ class IInt8EntropyCalibrator2(IInt8Calibrator):
     _algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
 
+class IInt8MinMaxCalibrator(IInt8Calibrator):
+    _algorithm = CalibrationAlgoType.MINMAX_CALIBRATION
+
+
 def run_implicit_calibration(calibrator: Any, input_names: list[str]) -> bytes | None:
     """What the builder does with a calibrator during an INT8 build (documented order of calls).
 

@@ -329,7 +329,10 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
             cached = calibrator.read_calibration_cache()
             calls.append("read_calibration_cache")
             header = bytes(cached or b"").split(b"\n", 1)[0].decode(errors="replace")
-            if header.split("-")[1:2] != [str(nv_version)]:  # TensorRT ignores a cache of another version
+            algorithm = {"ENTROPY_CALIBRATION_2": "EntropyCalibration2", "MINMAX_CALIBRATION": "MinMaxCalibration"}.get(
+                calibrator.get_algorithm().name, "?")
+            # TensorRT ignores a cache of another version, or of another algorithm than the calibrator's
+            if header.split("-")[1:3] != [str(nv_version), algorithm]:
                 if calibrator.get_batch([t.name for t in net._inputs]) is None:
                     fail(logger, f"Calibration failure occurred with no scaling factors detected (cache header "
                                  f"{header!r}, this is TensorRT {nv_version})")
@@ -376,6 +379,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         m.TensorIOMode = TensorIOMode  # type: ignore[attr-defined]
     if not v11:
         m.IInt8Calibrator, m.IInt8EntropyCalibrator2 = calib.IInt8Calibrator, calib.IInt8EntropyCalibrator2  # type: ignore[attr-defined]
+        m.IInt8MinMaxCalibrator = calib.IInt8MinMaxCalibrator  # type: ignore[attr-defined]
         m.CalibrationAlgoType = calib.CalibrationAlgoType  # type: ignore[attr-defined]
     m.Runtime = _runtime_class(m, v8, nv_version, device, log, Severity, TensorIOMode, DataType)  # type: ignore[attr-defined]
     return m

@@ -192,3 +192,22 @@ def test_model_yaml_drift_block_overrides_server_defaults(tmp_path: Path) -> Non
     settings = ServerSettings(grpc_port=0, metrics_port=0, precision="int8")
     with pytest.raises(ModelLoadError, match=r"drift.coverage_tensors \['no_such_tensor'\] are not calibrated"):
         asyncio.run(Server(settings, ModelRepository(tmp_path / "engines")).start())
+
+
+def test_shadow_rate_zero_from_the_command_line_turns_off_a_models_drift_block(tmp_path: Path) -> None:
+    folder = copy_model(tmp_path)
+    config = yaml.safe_load((folder / "model.yaml").read_text())
+    config["drift"] = {"enabled": True, "sample_rate": 0.5}
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+
+    async def drift_of(overrides: dict[str, float]) -> bool:
+        settings = ServerSettings(grpc_port=0, metrics_port=0, precision="int8", drift_overrides=overrides)
+        server = Server(settings, ModelRepository(tmp_path / "engines"))
+        await server.start()
+        try:
+            return server.pipelines["shapes"].drift is not None
+        finally:
+            await server.stop()
+
+    assert asyncio.run(drift_of({}))  # the model's own block turns it on
+    assert not asyncio.run(drift_of({"sample_rate": 0.0}))  # --shadow-rate 0 wins

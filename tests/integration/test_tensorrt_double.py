@@ -242,3 +242,20 @@ def test_without_tensorrt_build_exits_2_and_says_what_to_do(capsys: pytest.Captu
     assert "TensorRT is not installed" in err and "JetPack" in err and "nvcr.io/nvidia/tensorrt" in err
     with pytest.raises(TensorRTUnavailableError):
         Detector.open(ModelRepository(ENGINES).get("shapes"), "fp32", backend="tensorrt")
+
+
+@pytest.mark.parametrize("version, source", [("8.6.2", "calibration.trt8602.cache"),
+                                             ("10.3.0", "model.int8.tensorrt.onnx")])
+def test_drift_coverage_reads_the_ranges_the_engine_was_built_from(monkeypatch: pytest.MonkeyPatch,
+                                                                   repo: ModelRepository, version: str,
+                                                                   source: str) -> None:
+    from trtserve.drift import calibrated_ranges
+
+    install(monkeypatch, version)
+    config = repo.get("shapes")
+    build_engine(config, default_settings(config, "int8"))
+    with Detector.open(config, "int8", backend="tensorrt") as detector:
+        ranges, found = calibrated_ranges(detector)
+    assert found == source and len(ranges) > 20
+    lo, hi = ranges["images"]
+    assert lo < 0 < hi  # symmetric int8 ranges around zero

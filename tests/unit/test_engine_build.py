@@ -109,6 +109,8 @@ def test_keys_differ_by_everything_that_makes_an_engine(repository: ModelReposit
     command = BuildSettings("fp16", 16, 4, dla_core=0).build_command("shapes", config.directory.parent)
     assert command == (f"trtserve build shapes --precision fp16 --max-batch 16 --opt-batch 4 --dla-core 0 "
                        f"--repository {config.directory.parent}")
+    four = BuildSettings("int8", 8, 8, execution_contexts=4).build_command("shapes", config.directory.parent)
+    assert "--contexts 4" in four  # the rebuild keeps the profiles the old engine had
 
 
 def test_record_mismatch_names_what_differs() -> None:

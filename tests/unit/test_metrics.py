@@ -139,3 +139,11 @@ def test_drift_settings_precedence_and_errors(tmp_path: Path) -> None:
     cfg.write_text("metrics_port: 70000\n")
     with pytest.raises(ConfigError, match="key 'metrics_port' has value 70000"):
         load_server_settings(cfg, environ={})
+
+
+def test_environment_and_flag_drift_keys_win_over_model_yaml() -> None:
+    s = load_server_settings(None, environ={"TRTSERVE_SHADOW_RATE": "0"}, overrides={"drift.sample_rate": None})
+    assert s.drift_overrides == {"sample_rate": 0.0}
+    flag = load_server_settings(None, environ={"TRTSERVE_SHADOW_RATE": "0"}, overrides={"drift.sample_rate": 0.1})
+    assert flag.drift_overrides == {"sample_rate": 0.1}
+    assert load_server_settings(None, environ={}).drift_overrides == {}

@@ -214,7 +214,7 @@ class TensorRTBackend(Backend):
             for k in range(wanted):
                 self._all.append(self._make_slot(k))
         except Exception:
-            self._release()
+            self._close()  # the engine's weights leave the GPU now, not when the traceback is collected
             raise
         for slot in self._all:
             self._slots.put(slot)
@@ -290,14 +290,20 @@ class TensorRTBackend(Backend):
     def _release(self) -> None:
         pending = getattr(self, "_all_pending", None)
         slots = list(getattr(self, "_all", [])) + ([pending] if pending is not None else [])
+        def best_effort(release: Any, handle: Any) -> None:  # one failed free must not leak the rest
+            try:
+                release(handle)
+            except Exception as exc:
+                logger.warning("releasing CUDA resource %s failed: %s", handle, exc)
+
         for slot in slots:
             slot.host.clear()  # views of the pinned memory go before it is freed
             slot.context = None
             for ptr in slot.device.values():
-                self._cuda.free(ptr)
+                best_effort(self._cuda.free, ptr)
             for ptr in slot.host_ptr.values():
-                self._cuda.free_host(ptr)
-            self._cuda.stream_destroy(slot.stream)
+                best_effort(self._cuda.free_host, ptr)
+            best_effort(self._cuda.stream_destroy, slot.stream)
             slot.device.clear()
             slot.host_ptr.clear()
         self._all = []

@@ -19,6 +19,18 @@ def test_serves_a_cache_without_asking_for_batches(tmp_path: Path) -> None:
     assert trt.run_implicit_calibration(calibrator, ["images"]) == path.read_bytes()
 
 
+def test_a_minmax_cache_is_served_by_a_minmax_calibrator(tmp_path: Path) -> None:
+    """TensorRT ignores a cache whose header names another algorithm than the calibrator's."""
+    path = write_cache(make_cache({"images": 1.0}, "8.6.2", "minmax"), tmp_path / "calib.cache")
+    calibrator = make_entropy_calibrator(path, batch_size=8, trt=trt)
+    assert calibrator.get_algorithm() == trt.CalibrationAlgoType.MINMAX_CALIBRATION
+    assert trt.run_implicit_calibration(calibrator, ["images"]) == path.read_bytes()
+    other = tmp_path / "legacy.cache"
+    other.write_text("TRT-8602-LegacyCalibration\nimages: 3c010204\n")
+    with pytest.raises(CacheFormatError, match=r"a LegacyCalibration cache; .* --method entropy"):
+        make_entropy_calibrator(other, batch_size=8, trt=trt)
+
+
 def test_a_bad_cache_is_refused_before_the_build(tmp_path: Path) -> None:
     bad = tmp_path / "calib.cache"
     bad.write_text("TRT-8602-EntropyCalibration2\nimages = 3c010204\n")
