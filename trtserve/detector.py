@@ -174,10 +174,7 @@ class Detector:
         if not self.head.accepts(shapes, len(self.config.class_names)):  # dynamic dims are known only now
             raise ModelLoadError(f"{self.config.source_file}: head.type '{self.head.type}' does not match the "
                                  f"output shapes {shapes} the model produced; fix head.type or classes")
-        if all(t == thresholds[0] for t in thresholds):
-            return self.head.decode(outputs, list(geometries), thresholds[0])
-        return [self.head.decode({k: v[i : i + 1] for k, v in outputs.items()}, [geo], t)[0]
-                for i, (geo, t) in enumerate(zip(geometries, thresholds))]
+        return self.head.decode_each(outputs, geometries, thresholds)
 
     def detect(self, frames: Sequence[Frame], thresholds: Thresholds | None = None) -> list[FrameResult]:
         """Detect on any number of frames; a bad frame fails alone, a failing batch fails its frames only."""

@@ -1,9 +1,10 @@
 """FP32 shadow drift monitoring on live traffic.
 
 A sample of the served batches (``sample_rate``, a fraction of batches, spread evenly) is copied to a
-shadow: the same network at FP32 (ONNX Runtime on the CPU by default). The shadow runs on its own
-thread at the lowest CPU priority, behind a bounded hand-off (``max_pending``): when it is busy a
-sample is skipped and counted — the serving path never waits for it. For every sampled frame the
+shadow: the same network at FP32 (ONNX Runtime on the CPU by default). The shadow runs in a process
+of its own at the lowest CPU priority (SCHED_IDLE on Linux), behind a bounded hand-off
+(``max_pending``): when it is busy a sample is skipped and counted — the serving path never waits for
+it, never shares its GIL, and survives its crash (counted as errors). For every sampled frame the
 served detections are compared with the shadow's:
 
 * agreement F1 at IoU ``iou_threshold`` (same class), mean IoU of the matched boxes, mean absolute
@@ -26,18 +27,18 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends import Backend, BackendOptions, backend_class
-from trtserve.config import DriftSpec
+from trtserve.backends import BackendOptions, TensorInfo, backend_class
+from trtserve.config import DriftSpec, ModelConfig
 from trtserve.detector import BatchRun, Detector, infer_padded
 from trtserve.errors import ModelLoadError
-from trtserve.heads import Detections, Thresholds
+from trtserve.heads import Detections, Head, Thresholds
 from trtserve.metrics import Metrics
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts, match_pairs
@@ -181,37 +182,160 @@ class DriftSummary:
 
 
 def _lowest_priority() -> None:
-    """Run this thread (and threads it starts, such as ONNX Runtime's pool) at the lowest CPU priority."""
+    """Give this process (and the threads it starts) only CPU time nobody else wants.
+
+    Linux: SCHED_IDLE (pid 0: the calling thread, the only one at this point), else nice 19.
+    """
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: per thread
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
     except (AttributeError, OSError) as exc:
-        logger.info("shadow thread keeps normal priority: %s", exc)
+        logger.info("shadow process keeps normal priority: %s", exc)
+
+
+# --- the shadow process -------------------------------------------------------------------------------------
+# The shadow runs in a process of its own: its Python work (decoding, matching, coverage) never holds the
+# server's GIL, so a descheduled low-priority shadow cannot stall the serving threads, and a crash of the
+# shadow cannot take the server down.
+
+
+@dataclass(frozen=True)
+class ShadowSetup:
+    """Everything the shadow process needs (picklable)."""
+
+    config: ModelConfig
+    backend: str
+    precision: str
+    options: BackendOptions
+    input_name: str
+    head: Head  # the served model's head (its type resolved), to decode the shadow's outputs alike
+    head_outputs: tuple[str, ...]
+    ranges: dict[str, Range]
+    coverage_tensors: tuple[str, ...]
+    iou_threshold: float
+
+
+@dataclass(frozen=True)
+class ShadowInfo:
+    """What the shadow process loaded: for the same-network check and the coverage series."""
+
+    model_path: Path
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]  # the model's own outputs (extra coverage outputs left out)
+    coverage_labels: list[str]
+    unreadable: list[str]  # calibrated tensors the shadow model does not compute
+
+
+class _Shadow:
+    def __init__(self, setup: ShadowSetup) -> None:
+        self.setup = setup
+        kind = backend_class(setup.backend)
+        self.source = kind.model_file(setup.config, setup.precision)  # an engine for a tensorrt shadow
+        self.scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-")
+        path, readable = self.source, list[str]()
+        extra = [t for t in setup.ranges if t != setup.input_name]
+        if extra and self.source.suffix == ".onnx":
+            path, readable = with_extra_outputs(self.source, extra, Path(self.scratch.name))
+        self.backend = kind(path, setup.options).load()
+        self.unreadable = [t for t in extra if t not in readable]
+        self.ranges = {t: r for t, r in setup.ranges.items() if t not in self.unreadable}
+        labels = {"all": [t for t in self.ranges if t != setup.input_name]}
+        if setup.input_name in self.ranges:
+            labels["input"] = [setup.input_name]
+        labels.update({t: [t] for t in setup.coverage_tensors if t in self.ranges})
+        self.coverage = {k: v for k, v in labels.items() if v}  # nothing to read: no series
+
+    def info(self) -> ShadowInfo:
+        head = set(self.setup.head_outputs)
+        own = [t for t in self.backend.outputs if t.name in head or t.name not in self.ranges]
+        return ShadowInfo(self.source, self.backend.inputs, own, list(self.coverage), self.unreadable)
+
+    def compare(self, tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
+                geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+        setup = self.setup
+        shadow_in = self.backend.inputs[0]
+        tensor = tensor.astype(shadow_in.dtype, copy=False)
+        fixed = shadow_in.shape[0]
+        outputs = infer_padded(self.backend, setup.input_name, tensor, fixed if isinstance(fixed, int) else None)
+        head_outputs = {k: outputs[k] for k in setup.head_outputs}
+        if isinstance(served, dict):  # a raw head: compare the tensors themselves
+            frames = []
+            for i in range(len(geometries)):
+                pairs = [compare_raw(served[k][i], head_outputs[k][i]) for k in setup.head_outputs]
+                frames.append(FrameDrift(MatchCounts(0, 0, 0, 0.0), 0.0, float(np.mean([p[0] for p in pairs])),
+                                         float(np.mean([p[1] for p in pairs]))))
+        else:
+            shadow_dets = setup.head.decode_each(head_outputs, geometries, thresholds)
+            frames = [compare_detections(s, f, setup.iou_threshold) for s, f in zip(served, shadow_dets)]
+        if not self.coverage:
+            return frames
+        return [FrameDrift(f.counts, f.score_abs_diff_sum, f.cosine, f.relative_l2,
+                           self._coverage(i, tensor, outputs)) for i, f in enumerate(frames)]
+
+    def _coverage(self, i: int, tensor: NDArray[np.generic], outputs: dict[str, NDArray[np.generic]]
+                  ) -> dict[str, float]:
+        ratios: dict[str, float] = {}
+        for label, tensors in self.coverage.items():
+            outside = total = 0
+            for t in tensors:
+                values = tensor[i] if t == self.setup.input_name else outputs[t][i]
+                o, n = out_of_range_fraction(values, self.ranges[t])
+                outside, total = outside + o, total + n
+            ratios[label] = outside / total if total else 0.0
+        return ratios
+
+
+_shadow: _Shadow | None = None  # in the shadow process
+
+
+def _shadow_open(setup: ShadowSetup) -> ShadowInfo:
+    global _shadow
+    _lowest_priority()
+    _shadow = _Shadow(setup)
+    return _shadow.info()
+
+
+def _shadow_compare(tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
+                    geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+    assert _shadow is not None, "the shadow process was not opened"
+    return _shadow.compare(tensor, served, geometries, thresholds)
+
+
+def _shadow_close() -> None:
+    global _shadow
+    if _shadow is not None:
+        _shadow.backend.close()
+        _shadow.scratch.cleanup()
+        _shadow = None
+
+
+# --- the server side ----------------------------------------------------------------------------------------
 
 
 class DriftMonitor:
     """Compares one served model with its shadow on sampled batches. Create with :meth:`open`."""
 
-    def __init__(self, served: Detector, shadow: Backend, spec: DriftSpec, metrics: Metrics,
-                 ranges: dict[str, Range], ranges_source: str, executor: ThreadPoolExecutor,
-                 scratch: tempfile.TemporaryDirectory[str] | None = None,
+    def __init__(self, served: Detector, shadow: ShadowInfo, spec: DriftSpec, metrics: Metrics,
+                 ranges: dict[str, Range], ranges_source: str, executor: ProcessPoolExecutor,
                  on_verdict: Callable[[bool], None] | None = None) -> None:
         self.served = served
         self.shadow = shadow
         self.spec = spec
-        self.ranges = ranges
+        self.ranges = {t: r for t, r in ranges.items() if t not in shadow.unreadable}
         self.ranges_source = ranges_source
         self._executor = executor
-        self._scratch = scratch
         self._on_verdict = on_verdict
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._pending = 0
         self._credit = 0.0
         self._window: deque[FrameDrift] = deque(maxlen=spec.window_frames)
         self._below = False
         self.samples = self.skipped = self.errors = 0
-        self._head_outputs = [t.name for t in served.backend.outputs]
         model, precision = served.config.name, served.precision
-        self._labels = (model, precision)
         m = metrics
         self._m_f1, self._m_iou = m.drift_f1.labels(model, precision), m.drift_iou.labels(model, precision)
         self._m_score = m.drift_score.labels(model, precision)
@@ -221,20 +345,14 @@ class DriftMonitor:
         self._m_skipped = m.drift_skipped.labels(model, precision)
         self._m_errors = m.drift_errors.labels(model, precision)
         self._m_window = m.drift_window_f1.labels(model, precision)
-        input_name = served.input_name
-        self._coverage_labels = {"all": [t for t in ranges if t != input_name]}
-        if input_name in ranges:
-            self._coverage_labels["input"] = [input_name]
-        for t in spec.coverage_tensors:
-            if t in ranges:
-                self._coverage_labels[t] = [t]
-        self._coverage_labels = {k: v for k, v in self._coverage_labels.items() if v}  # nothing to read: no series
-        self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in self._coverage_labels}
+        self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in shadow.coverage_labels}
 
     @classmethod
     def open(cls, served: Detector, spec: DriftSpec, metrics: Metrics,
              on_verdict: Callable[[bool], None] | None = None) -> DriftMonitor:
-        """Load the shadow (on its own low-priority thread) and check it matches the served model."""
+        """Start the shadow process, load the shadow there and check it matches the served model."""
+        import multiprocessing
+
         config = served.config
         ranges, source = calibrated_ranges(served)
         unknown = [t for t in spec.coverage_tensors if t not in ranges]
@@ -243,41 +361,26 @@ class DriftMonitor:
                                  f"of {served.backend.model_path.name} (some that are: {sorted(ranges)[:8]})")
         if not ranges:
             logger.info("model %s: calibration coverage off: %s", config.name, source)
-        kind = backend_class(spec.shadow_backend)
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"trtserve-shadow-{config.name}",
-                                      initializer=_lowest_priority)
-        scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-") if ranges else None
-        options = BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers)
-
-        def load() -> tuple[Backend, Path, list[str]]:
-            source_path = kind.model_file(config, spec.shadow_precision)  # an engine for a tensorrt shadow
-            path, readable = source_path, list[str]()
-            if scratch is not None and source_path.suffix == ".onnx":
-                extra = [t for t in ranges if t != served.input_name]
-                path, readable = with_extra_outputs(source_path, extra, Path(scratch.name))
-            return kind(path, options).load(), source_path, readable
-
+        setup = ShadowSetup(config, spec.shadow_backend, spec.shadow_precision,
+                            BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers),
+                            served.input_name, served.head, tuple(t.name for t in served.backend.outputs), ranges,
+                            spec.coverage_tensors, spec.iou_threshold)
+        # spawn, not fork: the server has gRPC and ONNX Runtime threads that a fork would copy half-way
+        executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            shadow, shadow_path, readable = executor.submit(load).result()
-            unreadable = [t for t in ranges if t != served.input_name and t not in readable]
-            if unreadable:
+            shadow = executor.submit(_shadow_open, setup).result()
+            if shadow.unreadable:
                 logger.warning("model %s: %d calibrated tensors are not in the shadow %s (e.g. %s); coverage leaves "
-                               "them out", config.name, len(unreadable), shadow_path.name, unreadable[:3])
-                ranges = {t: r for t, r in ranges.items() if t not in unreadable}
-            try:
-                _check_same_network(served, shadow, shadow_path)
-            except Exception:
-                shadow.close()
-                raise
-        except Exception:
-            executor.shutdown(wait=False)
-            if scratch is not None:
-                scratch.cleanup()
+                               "them out", config.name, len(shadow.unreadable), shadow.model_path.name,
+                               shadow.unreadable[:3])
+            _check_same_network(served, shadow)
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
             raise
-        logger.info("model %s: %s drift monitor against a %s shadow (%s), sample rate %.3f, ranges from %s",
-                    config.name, served.precision, spec.shadow_precision, shadow.name, spec.sample_rate,
-                    source or "nowhere")
-        return cls(served, shadow, spec, metrics, ranges, source, executor, scratch, on_verdict)
+        logger.info("model %s: %s drift monitor against a %s shadow (%s, own process), sample rate %.3f, "
+                    "ranges from %s", config.name, served.precision, spec.shadow_precision, spec.shadow_backend,
+                    spec.sample_rate, source or "nowhere")
+        return cls(served, shadow, spec, metrics, ranges, source, executor, on_verdict)
 
     # --- the serving side: never blocks -----------------------------------------------------------------
 
@@ -293,58 +396,42 @@ class DriftMonitor:
                 self._m_skipped.inc()
                 return False
             self._pending += 1
-        future = self._executor.submit(self._compare, run, list(geometries), list(thresholds))
+        served = run.outputs if self.served.head.type == "raw" else run.detections
+        try:
+            future = self._executor.submit(_shadow_compare, run.tensor, served, list(geometries), list(thresholds))
+        except RuntimeError as exc:  # the pool is broken (the shadow process died) or shut down
+            self._failed(exc)
+            return False
         future.add_done_callback(self._finished)
         return True
 
-    def _finished(self, future: Future[None]) -> None:
-        with self._lock:
-            self._pending -= 1
+    def _finished(self, future: Future[list[FrameDrift]]) -> None:
         if future.cancelled():  # closing: the sample was never run
+            self._done()
             return
         exc = future.exception()
         if exc is not None:
-            with self._lock:
-                self.errors += 1
-                errors = self.errors
-            self._m_errors.inc()
-            if errors <= 3 or errors % 100 == 0:
-                logger.warning("model %s: shadow run %d failed (serving is unaffected): %s",
-                               self.served.config.name, errors, exc)
+            self._failed(exc)
+            return
+        try:
+            self._record(future.result())
+        finally:
+            self._done()
 
-    # --- the shadow side --------------------------------------------------------------------------------
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            self._lock.notify_all()
 
-    def _compare(self, run: BatchRun, geometries: list[Letterbox], thresholds: list[Thresholds]) -> None:
-        shadow_in = self.shadow.inputs[0]
-        tensor = run.tensor.astype(shadow_in.dtype, copy=False)
-        fixed = shadow_in.shape[0]
-        outputs = infer_padded(self.shadow, self.served.input_name, tensor, fixed if isinstance(fixed, int) else None)
-        head_outputs = {k: outputs[k] for k in self._head_outputs}
-        frames: list[FrameDrift] = []
-        if self.served.head.type == "raw":
-            for i in range(len(geometries)):
-                pairs = [compare_raw(run.outputs[k][i], head_outputs[k][i]) for k in self._head_outputs]
-                frames.append(FrameDrift(MatchCounts(0, 0, 0, 0.0), 0.0, float(np.mean([p[0] for p in pairs])),
-                                         float(np.mean([p[1] for p in pairs]))))
-        else:
-            shadow_dets = self.served.decode(head_outputs, geometries, thresholds)
-            frames = [compare_detections(s, f, self.spec.iou_threshold)
-                      for s, f in zip(run.detections, shadow_dets)]
-        if self.ranges:
-            frames = [self._with_coverage(frame, i, tensor, outputs) for i, frame in enumerate(frames)]
-        self._record(frames)
-
-    def _with_coverage(self, frame: FrameDrift, i: int, tensor: NDArray[np.generic],
-                       outputs: dict[str, NDArray[np.generic]]) -> FrameDrift:
-        ratios: dict[str, float] = {}
-        for label, tensors in self._coverage_labels.items():
-            outside = total = 0
-            for t in tensors:
-                values = tensor[i] if t == self.served.input_name else outputs[t][i]
-                o, n = out_of_range_fraction(values, self.ranges[t])
-                outside, total = outside + o, total + n
-            ratios[label] = outside / total if total else 0.0
-        return FrameDrift(frame.counts, frame.score_abs_diff_sum, frame.cosine, frame.relative_l2, ratios)
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            errors = self.errors
+        self._m_errors.inc()
+        if errors <= 3 or errors % 100 == 0:
+            logger.warning("model %s: shadow run %d failed (serving is unaffected): %s: %s",
+                           self.served.config.name, errors, type(exc).__name__, exc)
+        self._done()
 
     def _record(self, frames: list[FrameDrift]) -> None:
         for f in frames:
@@ -408,24 +495,25 @@ class DriftMonitor:
             below_threshold=len(window) >= self.spec.min_window_frames and agreement < self.spec.agreement_threshold,
             ranges_source=self.ranges_source)
 
-    def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Wait until no sample is pending (tests, benchmarks, shutdown); False on timeout."""
-        done = threading.Event()
-        self._executor.submit(done.set)
-        return done.wait(timeout_s)
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every sample offered so far is compared and recorded; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._pending == 0, timeout_s)
 
     def close(self) -> None:
+        """Stop the shadow process (after the comparison it is running, if any)."""
+        try:
+            self._executor.submit(_shadow_close).result(timeout=30)
+        except Exception as exc:  # a dead shadow process has nothing left to close
+            logger.info("model %s: shadow close: %s", self.served.config.name, exc)
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self.shadow.close()
-        if self._scratch is not None:
-            self._scratch.cleanup()
 
 
-def _check_same_network(served: Detector, shadow: Backend, shadow_path: Path) -> None:
+def _check_same_network(served: Detector, shadow: ShadowInfo) -> None:
     """Refuse a shadow whose outputs (names and known dims) or input name differ from the served model's."""
 
-    def describe(outputs: Sequence[object]) -> list[str]:
-        return [f"{t.name}{list(t.shape)}" for t in outputs]  # type: ignore[attr-defined]
+    def describe(outputs: Sequence[TensorInfo]) -> list[str]:
+        return [f"{t.name}{list(t.shape)}" for t in outputs]
 
     served_out = served.backend.outputs
     shadow_out = {t.name: t for t in shadow.outputs}
@@ -433,9 +521,8 @@ def _check_same_network(served: Detector, shadow: Backend, shadow_path: Path) ->
         a is not None and b is not None and a != b for a, b in zip(t.shape, shadow_out[t.name].shape))
         for t in served_out)
     if mismatch or served.input_name not in [t.name for t in shadow.inputs]:
-        theirs = [shadow_out[n] for n in shadow_out if n in {t.name for t in served_out}] or list(shadow_out.values())
         raise ModelLoadError(
-            f"the drift shadow {shadow_path.name} does not match the served model {served.backend.model_path.name}: "
-            f"outputs {describe(theirs)} vs {describe(served_out)}, inputs {[t.name for t in shadow.inputs]} vs "
-            f"{[served.input_name]}; the shadow must be the same network at another precision "
-            "(check drift.shadow_precision and the model's artifacts)")
+            f"the drift shadow {shadow.model_path.name} does not match the served model "
+            f"{served.backend.model_path.name}: outputs {describe(shadow.outputs)} vs {describe(served_out)}, inputs "
+            f"{[t.name for t in shadow.inputs]} vs {[served.input_name]}; the shadow must be the same network at "
+            "another precision (check drift.shadow_precision and the model's artifacts)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -62,6 +63,14 @@ class Head(abc.ABC):
     @abc.abstractmethod
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
         """One :class:`Detections` per frame of the batch, in batch order."""
+
+    def decode_each(self, outputs: Outputs, geometries: Sequence[Letterbox], thresholds: Sequence[Thresholds]
+                    ) -> list[Detections]:
+        """:meth:`decode` with thresholds per frame (one batched call when they are all the same)."""
+        if all(t == thresholds[0] for t in thresholds):
+            return self.decode(outputs, list(geometries), thresholds[0])
+        return [self.decode({k: v[i : i + 1] for k, v in outputs.items()}, [geo], t)[0]
+                for i, (geo, t) in enumerate(zip(geometries, thresholds))]
 
     def finish(self, boxes_xyxy: NDArray[np.floating], scores: NDArray[np.floating],
                class_ids: NDArray[np.integer], geometry: Letterbox, thresholds: Thresholds,
