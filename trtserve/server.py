@@ -102,7 +102,7 @@ class Server:
     async def _load(self, name: str) -> None:
         s = self.settings
         config = self.repository.get(name)
-        detector = Detector.open(config, s.precision, options=BackendOptions())
+        detector = Detector.open(config, s.precision, options=BackendOptions(spin_wait=False))
         drift = None
         try:
             spec = config.drift_settings(s.drift)

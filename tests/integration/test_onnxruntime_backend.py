@@ -43,3 +43,13 @@ def test_use_before_load_is_a_programming_error() -> None:
     b = backend_class("onnxruntime")(MODEL)
     with pytest.raises(RuntimeError, match="before load"):
         _ = b.inputs
+
+
+def test_spin_wait_off_reaches_the_session() -> None:
+    key = "session.intra_op.allow_spinning"
+    off = backend_class("onnxruntime")(ENGINES / "shapes" / "model.onnx", BackendOptions(spin_wait=False))
+    with off.load():
+        assert off._session.get_session_options().get_session_config_entry(key) == "0"  # type: ignore[attr-defined]
+    default = backend_class("onnxruntime")(ENGINES / "shapes" / "model.onnx")
+    with default.load(), pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning)
+        default._session.get_session_options().get_session_config_entry(key)  # type: ignore[attr-defined]

@@ -34,6 +34,9 @@ class BackendOptions:
     intra_op_threads: int = 0  # 0: the runtime's default
     graph_optimization: str = "all"  # disable | basic | extended | all
     providers: tuple[str, ...] = ()  # empty: the best the host offers
+    # ONNX Runtime's intra-op threads spin between operators by default: fastest alone, but they burn the cores
+    # that decode and the gRPC threads of a server need. The server turns it off.
+    spin_wait: bool = True
     precision: str = "fp32"  # set by Detector.open; tells onnxruntime's TensorRT provider what to enable
     execution_contexts: int = 0  # tensorrt: concurrent batches (0: one per optimization profile of the engine)
     engine_cache_dir: Path | None = None  # onnxruntime's TensorRT provider: where it keeps built engines

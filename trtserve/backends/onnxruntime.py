@@ -83,6 +83,8 @@ class OnnxRuntimeBackend(Backend):
                                  f"expected one of {sorted(levels)}")
         so.graph_optimization_level = levels[self.options.graph_optimization]
         so.log_severity_level = 3
+        if not self.options.spin_wait:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen: list[Any] = list(wanted)
         if "TensorrtExecutionProvider" in wanted:
             from trtserve.doctor import first_gpu
