@@ -171,7 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_server_settings(args.config, overrides={
         "host": args.host, "grpc_port": args.grpc_port, "models": args.model or None, "precision": args.precision,
-        "workers": args.workers, "batcher.max_batch_size": args.max_batch_size,
+        "workers": args.workers, "intra_op_threads": args.intra_op_threads,
+        "batcher.max_batch_size": args.max_batch_size,
         "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances,
         "tls.cert_file": args.tls_cert, "tls.key_file": args.tls_key, "tls.client_ca_file": args.tls_client_ca,
         "auth.tokens_file": args.tokens_file, "metrics_port": args.metrics_port,
@@ -433,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="model to load (repeatable; the first is the default)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     p.add_argument("--workers", type=int, help="decode/inference worker threads")
+    p.add_argument("--intra-op-threads", type=int,
+                   help="ONNX Runtime threads per batch (default: cores / instances)")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
     p.add_argument("--instances", type=int, help="concurrent batches per model")

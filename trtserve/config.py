@@ -35,6 +35,7 @@ class InputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pad_value: int
+    interpolation: str = "linear"  # letterbox resize: linear | area
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_
              "quantization", "drift", "backend", "engine"}
 _ENGINE_KEYS = {"auto_build", "opt_batch", "workspace_gb", "dla_core"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
-_INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value"}
+_INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value",
+               "interpolation"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
 
 
@@ -252,6 +254,7 @@ def load_model_config(path: Path) -> ModelConfig:
         mean=inp.triple("mean", (0.0, 0.0, 0.0)),
         std=std,
         pad_value=inp.number("pad_value", 114, lo=0, hi=255, integer=True),
+        interpolation=inp.choice("interpolation", ("linear", "area"), "linear"),
     )
 
     head = YamlReader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)

@@ -30,7 +30,7 @@ class BatcherConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = ()
-    instances: int = 1
+    instances: int = 2  # batches in the backend at once: one computes while the next is assembled
 
 
 @dataclass(frozen=True)

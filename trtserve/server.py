@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class ServerSettings:
     grpc_port: int = 8001  # 0: any free port
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     workers: int = 2
+    intra_op_threads: int = 0  # ONNX Runtime threads per batch; 0: the host's cores / batcher.instances
     grace_period_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 100  # per connection (HTTP/2 streams)
@@ -102,7 +104,8 @@ class Server:
     async def _load(self, name: str) -> None:
         s = self.settings
         config = self.repository.get(name)
-        detector = Detector.open(config, s.precision, options=BackendOptions(spin_wait=False))
+        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // s.batcher.instances)
+        detector = Detector.open(config, s.precision, options=BackendOptions(intra_op_threads=threads, spin_wait=False))
         drift = None
         try:
             spec = config.drift_settings(s.drift)

@@ -20,9 +20,9 @@ from trtserve.pipeline import BatcherConfig
 from trtserve.security import TlsSettings
 from trtserve.server import ServerSettings
 
-_TOP = {"models", "precision", "host", "grpc_port", "workers", "grace_period_s", "max_message_bytes", "batcher",
-        "max_concurrent_streams", "stream_max_in_flight", "tls", "auth", "metrics_port", "metrics_host",
-        "device_metrics", "drift"}
+_TOP = {"models", "precision", "host", "grpc_port", "workers", "intra_op_threads", "grace_period_s",
+        "max_message_bytes", "batcher", "max_concurrent_streams", "stream_max_in_flight", "tls", "auth",
+        "metrics_port", "metrics_host", "device_metrics", "drift"}
 _TLS = {"cert_file", "key_file", "client_ca_file"}
 _AUTH = {"tokens_file", "exempt_services"}
 _BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
@@ -34,6 +34,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "HOST": ("host", str),
     "GRPC_PORT": ("grpc_port", int),
     "WORKERS": ("workers", int),
+    "INTRA_OP_THREADS": ("intra_op_threads", int),
     "GRACE_PERIOD_S": ("grace_period_s", float),
     "MAX_BATCH_SIZE": ("batcher.max_batch_size", int),
     "MAX_QUEUE_DELAY_MS": ("batcher.max_queue_delay_ms", float),
@@ -93,6 +94,7 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         host=top.get("host", str, settings.host), grpc_port=top.number("grpc_port", settings.grpc_port, lo=0,
                                                                         hi=65535, integer=True),
         workers=top.number("workers", settings.workers, lo=1, hi=256, integer=True),
+        intra_op_threads=top.number("intra_op_threads", settings.intra_op_threads, lo=0, hi=256, integer=True),
         grace_period_s=top.number("grace_period_s", settings.grace_period_s, lo=0, hi=3600),
         max_message_bytes=top.number("max_message_bytes", settings.max_message_bytes, lo=1024, integer=True),
         max_concurrent_streams=top.number("max_concurrent_streams", settings.max_concurrent_streams, lo=1,

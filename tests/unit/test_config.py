@@ -38,6 +38,7 @@ def test_bundled_config_loads() -> None:
     ({"max_batch_size": 0}, (), "key 'max_batch_size' has value 0; expected an integer in"),
     ({"max_batch_size": True}, (), "key 'max_batch_size' has value True"),
     ({"head.type": "yolov99"}, (), "key 'head.type' has value 'yolov99'; expected one of"),
+    ({"input.interpolation": "cubic"}, (), "key 'input.interpolation' has value 'cubic'; expected one of"),
     ({"head.score_threshold": 1.5}, (), "key 'head.score_threshold' has value 1.5"),
     ({"input.layout": "chw"}, (), "key 'input.layout'"),
     ({"input.std": [1, 0, 1]}, (), "key 'input.std'"),

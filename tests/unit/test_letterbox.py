@@ -70,3 +70,17 @@ def test_normalization_matches_the_formula(mean, std, order, layout) -> None:  #
     got = Preprocessor(spec).to_tensor(x)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_interpolation_is_configurable_and_keeps_the_geometry() -> None:
+    from trtserve.vision.letterbox import letterbox
+
+    frame = np.random.default_rng(3).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    linear, geo_linear = letterbox(frame, (256, 256), interpolation="linear")
+    area, geo_area = letterbox(frame, (256, 256), interpolation="area")
+    assert geo_linear == geo_area  # the inverse mapping does not depend on the filter
+    assert not np.array_equal(linear, area)  # shrinking: INTER_AREA averages, INTER_LINEAR samples
+    small = frame[:100, :100]
+    up_linear, _ = letterbox(small, (256, 256), interpolation="linear")
+    up_area, _ = letterbox(small, (256, 256), interpolation="area")
+    assert np.array_equal(up_linear, up_area)  # enlarging is INTER_LINEAR either way

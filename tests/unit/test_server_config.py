@@ -39,3 +39,14 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None
 def test_bad_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="TRTSERVE_GRPC_PORT='http'"):
         load_server_settings(environ={"TRTSERVE_GRPC_PORT": "http"})
+
+
+def test_intra_op_threads_and_instances(tmp_path: Path) -> None:
+    defaults = load_server_settings(None, environ={})
+    assert defaults.intra_op_threads == 0 and defaults.batcher.instances == 2  # 0: cores / instances
+    path = tmp_path / "server.yaml"
+    path.write_text("intra_op_threads: 3\n")
+    assert load_server_settings(path, environ={"TRTSERVE_INTRA_OP_THREADS": "1"}).intra_op_threads == 1
+    path.write_text("intra_op_threads: -1\n")
+    with pytest.raises(ConfigError, match="key 'intra_op_threads' has value -1"):
+        load_server_settings(path, environ={})

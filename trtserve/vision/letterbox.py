@@ -78,11 +78,14 @@ def letterbox(
     input_hw: tuple[int, int],
     pad_value: int = 114,
     out: NDArray[np.uint8] | None = None,
+    interpolation: str = "linear",
 ) -> tuple[NDArray[np.uint8], Letterbox]:
     """Resize ``image`` (H, W, C uint8) into ``input_hw`` keeping aspect ratio, padding the rest.
 
     When ``out`` (shape ``input_hw + (C,)``) is given the result is written there (no allocation)
-    and returned. Interpolation is INTER_AREA when shrinking and INTER_LINEAR when enlarging.
+    and returned. ``interpolation``: ``linear`` (INTER_LINEAR, what Ultralytics trains and exports with; 8x
+    faster than area on a 480x360 frame) or ``area`` (INTER_AREA when shrinking, less aliasing; INTER_LINEAR
+    when enlarging).
     """
     geometry = Letterbox.plan((int(image.shape[0]), int(image.shape[1])), input_hw)
     ih, iw = input_hw
@@ -96,7 +99,7 @@ def letterbox(
         resized = image
     else:
         resized = cv2.resize(  # type: ignore[assignment]
-            image, (rw, rh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            image, (rw, rh), interpolation=cv2.INTER_AREA if shrinking and interpolation == "area" else cv2.INTER_LINEAR
         )
     if resized.ndim == 2:
         resized = resized[:, :, None]
