@@ -143,3 +143,5 @@ def test_bench_streams_answers_every_frame(kserve: bool, capsys: pytest.CaptureF
     assert r["protocol"] == ("kserve" if kserve else "trtserve.v1")
     assert r["fps"] > 0 and r["raw_backend_fps"] > 0 and 0 < r["efficiency"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["mean_batch"] >= 1
+    assert r["raw_backend_fps"] == max(r["raw_one_call_fps"], r["raw_concurrent_fps"]) and r["instances"] == 2
+    assert r["p99_bound_ms"] == pytest.approx(r["max_queue_delay_ms"] + 3 * r["batch_compute_ms"], abs=0.05)
