@@ -211,3 +211,29 @@ def test_shadow_rate_zero_from_the_command_line_turns_off_a_models_drift_block(t
 
     assert asyncio.run(drift_of({}))  # the model's own block turns it on
     assert not asyncio.run(drift_of({"sample_rate": 0.0}))  # --shadow-rate 0 wins
+
+
+def test_a_raw_head_model_is_compared_tensor_to_tensor_with_configured_coverage(tmp_path: Path) -> None:
+    folder = copy_model(tmp_path)
+    config = yaml.safe_load((folder / "model.yaml").read_text())
+    config["head"]["type"] = "raw"
+    tensor = "/stem/stem.1/stem.1.1/Relu_output_0"
+    config["drift"] = {"coverage_tensors": [tensor]}
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+
+    async def test(server: Server, channel: grpc.aio.Channel) -> None:
+        answers = await stream(channel, FRAMES[:16])
+        assert all(a.status == pb.STATUS_OK for a in answers)
+        monitor = server.pipelines["shapes"].drift
+        assert monitor is not None and monitor.wait_idle()
+        m = scrape(server.metrics_port or 0)
+        labels = {"model": "shapes", "precision": "int8"}
+        assert value(m, "trtserve_drift_output_cosine_similarity_count", **labels) == 16
+        cosine = value(m, "trtserve_drift_output_cosine_similarity_sum", **labels) / 16
+        rel_l2 = value(m, "trtserve_drift_output_relative_l2_sum", **labels) / 16
+        assert cosine > 0.99 and 0 < rel_l2 < 0.2  # INT8 raw outputs close to FP32, not identical
+        assert value(m, "trtserve_drift_agreement_f1_count", **labels) == 0  # no detections to match
+        assert value(m, "trtserve_drift_window_agreement_f1", **labels) == pytest.approx(cosine, abs=1e-6)
+        assert value(m, "trtserve_calibration_out_of_range_ratio_count", tensor=tensor, **labels) == 16
+
+    asyncio.run(serve(ModelRepository(tmp_path / "engines"), SHADOW_ALL, test))
