@@ -118,9 +118,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
     if "drift" in s:
         d = s["drift"]
-        text += (f"{s['precision']} vs the {d['shadow_precision']} shadow on {d['samples']} sampled frames: agreement "
-                 f"F1@0.5 {d['agreement_f1']}, {d['out_of_range_ratio']:.4%} of activations outside the calibrated "
-                 "range\n")
+        text += (f"{s['precision']} vs the {d['shadow_precision']} shadow on {d['samples']} sampled frames "
+                 f"({d['skipped']} samples skipped while it was busy): agreement F1@0.5 {d['agreement_f1']}, "
+                 f"{d['out_of_range_ratio']:.4%} of activations outside the calibrated range\n")
     text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
     _emit(s, args.json, text)
     return 0

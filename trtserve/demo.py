@@ -225,6 +225,13 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                       "video": str(source)}
             result = _write_and_summarize(pairs(), out_dir, fps, names, video is None, count, progress, header)
             info = client.model_info(model)
+            for _ in range(20):  # let the shadow finish the samples still in flight (it runs at idle priority)
+                if not info.HasField("drift"):
+                    break
+                time.sleep(0.2)
+                settled, info = info, client.model_info(model)
+                if info.drift.samples == settled.drift.samples:
+                    break
             result.summary["mean_batch_size"] = round(info.stats.mean_batch_size, 2)
             if info.HasField("drift"):
                 d = info.drift
