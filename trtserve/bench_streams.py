@@ -83,9 +83,9 @@ async def _native_load(address: str, model: str, streams: int, frames: list[byte
 
 async def _kserve_load(address: str, model: str, streams: int, frames: list[bytes],
                        interval_s: float = 0.0) -> dict[str, Any]:
+    """The same load over KServe v2: one ModelStreamInfer per camera through tritonclient's asyncio client."""
     import tritonclient.grpc.aio as tca
     from tritonclient.grpc import InferInput
-    from tritonclient.utils import InferenceServerException
 
     from trtserve.client import DetectionClient
 
@@ -96,19 +96,25 @@ async def _kserve_load(address: str, model: str, streams: int, frames: list[byte
         before = native.model_info(model)
 
     async def one(stream: int) -> None:
-        start = time.perf_counter() + stream * interval_s / max(1, streams)
-        for i, blob in enumerate(frames):
-            if interval_s:
-                await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
-            tensor = InferInput("IMAGE", [1], "BYTES")
-            tensor.set_data_from_numpy(np.array([blob], dtype=np.object_))
-            t = time.perf_counter()
-            try:
-                await client.infer(model, [tensor])
-                counts["ok"] += 1
-            except InferenceServerException:
+        sent: dict[str, float] = {}
+
+        async def requests():  # type: ignore[no-untyped-def]
+            start = time.perf_counter() + stream * interval_s / max(1, streams)
+            for i, blob in enumerate(frames):
+                if interval_s:
+                    await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
+                tensor = InferInput("IMAGE", [1], "BYTES")
+                tensor.set_data_from_numpy(np.array([blob], dtype=np.object_))
+                request_id = f"{stream}-{i}"
+                sent[request_id] = time.perf_counter()
+                yield {"model_name": model, "inputs": [tensor], "request_id": request_id}
+
+        async for result, error in client.stream_infer(requests()):
+            if error is not None:
                 counts["errors"] += 1
-            latencies.append(time.perf_counter() - t)
+                continue
+            latencies.append(time.perf_counter() - sent.pop(result.get_response().id))
+            counts["ok"] += 1
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(s) for s in range(streams)))
