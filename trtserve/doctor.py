@@ -32,6 +32,7 @@ class Report:
     onnxruntime: str | None = None
     onnxruntime_providers: list[str] = field(default_factory=list)
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_metrics: str = ""  # what `trtserve serve` exports as trtserve_gpu_* here, or why nothing
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,7 +109,19 @@ def diagnose() -> Report:
     except ImportError:
         report.notes.append("onnxruntime not installed")
     report.backends = _backends(report)
+    report.gpu_metrics = _gpu_metrics(report)
     return report
+
+
+def _gpu_metrics(r: Report) -> str:
+    """The collector `trtserve serve` will use for trtserve_gpu_* metrics (the same checks, without starting it)."""
+    if r.gpus:
+        if importlib.util.find_spec("pynvml") is None:
+            return "off: nvidia-ml-py is not installed (pip install 'trtserve[gpu]')"
+        return "NVML (nvidia-ml-py)"
+    if r.l4t or platform.machine() == "aarch64":
+        return "tegrastats" if shutil.which("tegrastats") else "off: tegrastats is not on PATH"
+    return "off: no NVIDIA GPU"
 
 
 def _backends(r: Report) -> dict[str, dict[str, Any]]:
@@ -154,6 +167,7 @@ def render(report: Report) -> str:
         f"Jetson        L4T {report.l4t}, JetPack {report.jetpack}" if report.l4t else "Jetson        no",
         f"DLA cores     {report.dla_cores if report.dla_cores is not None else '-'}",
         f"ONNX Runtime  {report.onnxruntime or '-'} {report.onnxruntime_providers}",
+        f"GPU metrics   {report.gpu_metrics or '-'}",
         "backends:",
     ]
     for name, b in report.backends.items():
