@@ -18,7 +18,7 @@ from trtserve.backends import Backend, BackendOptions, backend_class
 from trtserve.config import ModelConfig
 from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
 from trtserve.heads import Detections, Head, Thresholds, make_head
-from trtserve.vision.frames import check_frame, decode_image
+from trtserve.vision.frames import check_frame, decode_for_input, decode_image
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.preprocess import Preprocessor
 
@@ -134,6 +134,14 @@ class Detector:
         """A checked frame letterboxed to the model input (uint8, H x W x 3) and its geometry."""
         return self.preprocessor.letterbox_one(frame)
 
+    def prepare_letterboxed(self, frame: Frame) -> tuple[NDArray[np.uint8], Letterbox]:
+        """:meth:`prepare` then :meth:`letterbox`, letting a large JPEG be downscaled while it is decoded."""
+        if isinstance(frame, (bytes, bytearray, memoryview)):
+            image, original_hw = decode_for_input(bytes(frame), self.config.max_frame_pixels,
+                                                  self.preprocessor.needed_wh)
+            return self.preprocessor.letterbox_one(image, original_hw=original_hw)
+        return self.letterbox(check_frame(frame, self.config.max_frame_pixels))
+
     def infer_batch(self, frames: list[NDArray[np.uint8]], thresholds: Thresholds | None = None
                     ) -> list[Detections]:
         """Run checked frames (at most max_batch_size) through the model; errors fail the whole batch."""
@@ -179,22 +187,23 @@ class Detector:
     def detect(self, frames: Sequence[Frame], thresholds: Thresholds | None = None) -> list[FrameResult]:
         """Detect on any number of frames; a bad frame fails alone, a failing batch fails its frames only."""
         results: list[FrameResult | None] = [None] * len(frames)
-        good: list[tuple[int, NDArray[np.uint8]]] = []
+        good: list[tuple[int, NDArray[np.uint8], Letterbox]] = []
         for i, frame in enumerate(frames):
             try:
-                good.append((i, self.prepare(frame)))
+                good.append((i, *self.prepare_letterboxed(frame)))
             except TrtserveError as exc:
                 results[i] = FrameResult(None, exc)
         step = self.config.max_batch_size
         for start in range(0, len(good), step):
             chunk = good[start : start + step]
             try:
-                detections = self.infer_batch([f for _, f in chunk], thresholds)
-                for (i, _), det in zip(chunk, detections):
+                detections = self.infer_letterboxed([f for _, f, _ in chunk], [g for _, _, g in chunk],
+                                                    [thresholds or self.thresholds] * len(chunk))
+                for (i, _, _), det in zip(chunk, detections):
                     results[i] = FrameResult(det)
             except TrtserveError as exc:
                 logger.warning("batch of %d frames failed: %s", len(chunk), exc)
-                for i, _ in chunk:
+                for i, _, _ in chunk:
                     results[i] = FrameResult(None, exc)
         return [r for r in results if r is not None]
 

@@ -96,7 +96,7 @@ class Pipeline:
 
     def _prepare(self, frame: Frame) -> tuple[NDArray[np.uint8], Letterbox, float]:
         t0 = time.perf_counter()
-        image, geometry = self.detector.letterbox(self.detector.prepare(frame))
+        image, geometry = self.detector.prepare_letterboxed(frame)
         return image, geometry, time.perf_counter() - t0
 
     async def detect(self, frame: Frame, thresholds: Thresholds | None = None,

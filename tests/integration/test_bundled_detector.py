@@ -88,3 +88,20 @@ def test_auto_head_picks_yolov8_for_the_bundled_model(tmp_path: Path) -> None:
     config = load_model_config(_copy_model(tmp_path, {"head.type": "auto"}))
     with Detector.open(config) as detector:
         assert detector.head.type == "yolov8"
+
+
+def test_large_jpegs_decoded_downscaled_give_the_same_detections(shapes: Detector) -> None:
+    """A 1080p JPEG decoded at 1/4 in libjpeg: same geometry, same objects as decoding it whole."""
+    same = truth_full = truth_fast = MatchCounts(0, 0, 0, 0.0)
+    for i in range(12):
+        scene = render_scene(77, i, (1920, 1080))
+        data = cv2.imencode(".jpg", scene.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        full, geometry_full = shapes.letterbox(shapes.prepare(data))
+        fast, geometry_fast = shapes.prepare_letterboxed(data)
+        assert geometry_fast == geometry_full  # boxes map back to the 1920x1080 frame
+        a, b = (shapes.infer_letterboxed([x], [geometry_full], [shapes.thresholds])[0] for x in (full, fast))
+        same += match(b.boxes_xyxy, b.scores, b.class_ids, a.boxes_xyxy, a.class_ids)
+        truth_full += match(a.boxes_xyxy, a.scores, a.class_ids, scene.boxes_xyxy, scene.class_ids)
+        truth_fast += match(b.boxes_xyxy, b.scores, b.class_ids, scene.boxes_xyxy, scene.class_ids)
+    assert same.f1 >= 0.95
+    assert truth_fast.f1 >= truth_full.f1 - 0.02

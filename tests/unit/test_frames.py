@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from trtserve.errors import InvalidFrameError
-from trtserve.vision.frames import check_frame, decode_image
+from trtserve.vision.frames import check_frame, decode_for_input, decode_image, jpeg_header
 
 LIMIT = 4096 * 4096
 
@@ -56,3 +56,35 @@ def test_grayscale_where_colour_is_expected() -> None:
 def test_bad_arrays(frame: np.ndarray, message: str) -> None:
     with pytest.raises(InvalidFrameError, match=message):
         check_frame(frame, 9999)
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_jpeg_header_without_decoding() -> None:
+    colour = np.random.default_rng(0).integers(0, 256, (90, 161, 3), dtype=np.uint8)
+    assert jpeg_header(_jpeg(colour)) == (161, 90, 3)
+    assert jpeg_header(_jpeg(colour[..., 0])) == (161, 90, 1)
+    assert jpeg_header(cv2.imencode(".png", colour)[1].tobytes()) is None
+    assert jpeg_header(_jpeg(colour)[:20]) is None  # truncated before the frame header
+    assert jpeg_header(b"") is None
+
+
+def test_large_jpegs_are_downscaled_while_decoding() -> None:
+    frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    image, original_hw = decode_for_input(_jpeg(frame), 1 << 30, lambda w, h: (256, 144))
+    assert original_hw == (1080, 1920) and image.shape == (270, 480, 3)  # 1/8 would be 240 wide: too few
+    small = frame[:360, :480]
+    image, original_hw = decode_for_input(_jpeg(small), 1 << 30, lambda w, h: (256, 192))
+    assert original_hw == (360, 480) and image.shape == (360, 480, 3)  # 1/2 would be 240 wide: decoded whole
+
+
+def test_downscaled_decoding_keeps_every_refusal() -> None:
+    frame = np.random.default_rng(2).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    with pytest.raises(InvalidFrameError, match=r"frame of 1920x1080 = 2073600 pixels exceeds the limit"):
+        decode_for_input(_jpeg(frame), 1_000_000, lambda w, h: (64, 36))  # checked on the header, not decoded
+    with pytest.raises(InvalidFrameError, match="grayscale"):
+        decode_for_input(_jpeg(frame[..., 0]), 1 << 30, lambda w, h: (64, 36))
+    with pytest.raises(InvalidFrameError, match="could not decode"):
+        decode_for_input(b"\xff\xd8" + b"\x00" * 64, 1 << 30, lambda w, h: (64, 36))

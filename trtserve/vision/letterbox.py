@@ -79,23 +79,26 @@ def letterbox(
     pad_value: int = 114,
     out: NDArray[np.uint8] | None = None,
     interpolation: str = "linear",
+    original_hw: tuple[int, int] | None = None,
 ) -> tuple[NDArray[np.uint8], Letterbox]:
     """Resize ``image`` (H, W, C uint8) into ``input_hw`` keeping aspect ratio, padding the rest.
 
     When ``out`` (shape ``input_hw + (C,)``) is given the result is written there (no allocation)
     and returned. ``interpolation``: ``linear`` (INTER_LINEAR, what Ultralytics trains and exports with; 8x
     faster than area on a 480x360 frame) or ``area`` (INTER_AREA when shrinking, less aliasing; INTER_LINEAR
-    when enlarging).
+    when enlarging). ``original_hw``: the frame's size when ``image`` is a downscaled decode of it; the
+    geometry (and so every box mapped back) is that of the original frame.
     """
-    geometry = Letterbox.plan((int(image.shape[0]), int(image.shape[1])), input_hw)
+    source_hw = (int(image.shape[0]), int(image.shape[1]))
+    geometry = Letterbox.plan(original_hw or source_hw, input_hw)
     ih, iw = input_hw
     channels = image.shape[2] if image.ndim == 3 else 1
     if out is None:
         out = np.empty((ih, iw, channels), dtype=np.uint8)
     out.fill(pad_value)
     rw, rh = geometry.resized_width_px, geometry.resized_height_px
-    shrinking = rw < geometry.original_width_px or rh < geometry.original_height_px
-    if (rw, rh) == (geometry.original_width_px, geometry.original_height_px):
+    shrinking = rw < source_hw[1] or rh < source_hw[0]
+    if (rw, rh) == (source_hw[1], source_hw[0]):
         resized = image
     else:
         resized = cv2.resize(  # type: ignore[assignment]

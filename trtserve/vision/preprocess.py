@@ -23,9 +23,14 @@ class Preprocessor:
     def input_hw(self) -> tuple[int, int]:
         return (self.spec.height_px, self.spec.width_px)
 
-    def letterbox_one(self, frame: NDArray[np.uint8], out: NDArray[np.uint8] | None = None
-                      ) -> tuple[NDArray[np.uint8], Letterbox]:
-        return letterbox(frame, self.input_hw, self.spec.pad_value, out, self.spec.interpolation)
+    def letterbox_one(self, frame: NDArray[np.uint8], out: NDArray[np.uint8] | None = None,
+                      original_hw: tuple[int, int] | None = None) -> tuple[NDArray[np.uint8], Letterbox]:
+        return letterbox(frame, self.input_hw, self.spec.pad_value, out, self.spec.interpolation, original_hw)
+
+    def needed_wh(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) a frame of this size is resized to inside the letterbox."""
+        plan = Letterbox.plan((height, width), self.input_hw)
+        return plan.resized_width_px, plan.resized_height_px
 
     def to_tensor(self, letterboxed: NDArray[np.uint8]) -> NDArray[np.floating]:
         """``[B, H, W, 3]`` BGR uint8 -> the model's layout, colour order and normalization (new array)."""
