@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,23 @@ def _percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.array(values) * 1000, q)), 2) if values else 0.0
 
 
-async def _native_load(address: str, model: str, streams: int, frames: list[bytes],
-                       interval_s: float = 0.0) -> dict[str, Any]:
+Record = Callable[[float | None, str], None]  # (when the frame was sent, or None; ok | dropped | errors)
+Camera = Callable[[int, AsyncIterator[tuple[int, bytes]], Record], Awaitable[None]]
+
+
+async def _paced(frames: list[bytes], stream: int, streams: int, interval_s: float
+                 ) -> AsyncIterator[tuple[int, bytes]]:
+    """A camera's frames: as fast as taken, or one every ``interval_s`` (cameras out of phase)."""
+    start = time.perf_counter() + stream * interval_s / max(1, streams)
+    for i, blob in enumerate(frames):
+        if interval_s:
+            await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
+        yield i, blob
+
+
+async def _measure(address: str, model: str, streams: int, frames: list[bytes], interval_s: float,
+                   camera: Camera) -> dict[str, Any]:
+    """Run ``streams`` cameras at once; latencies, answer counts and the server's mean batch over the run."""
     import grpc
 
     from trtserve.v1 import detection_pb2 as pb
@@ -51,34 +66,49 @@ async def _native_load(address: str, model: str, streams: int, frames: list[byte
 
     latencies: list[float] = []
     counts = {"ok": 0, "dropped": 0, "errors": 0}
+
+    def record(sent_s: float | None, key: str) -> None:
+        if sent_s is not None:
+            latencies.append(time.perf_counter() - sent_s)
+        counts[key] += 1
+
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
-
-        async def one(stream: int) -> None:
-            sent: dict[int, float] = {}
-
-            async def requests():  # type: ignore[no-untyped-def]
-                start = time.perf_counter() + stream * interval_s / max(1, streams)  # cameras out of phase
-                for i, blob in enumerate(frames):
-                    if interval_s:  # a camera: one frame every interval_s
-                        await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
-                    sent[i] = time.perf_counter()
-                    yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i,
-                                           image=pb.Image(encoded=blob))
-
-            async for answer in stub.StreamDetect(requests()):
-                latencies.append(time.perf_counter() - sent.pop(answer.sequence))
-                key = {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(answer.status, "errors")
-                counts[key] += 1
-
         before = await stub.GetModel(pb.GetModelRequest(name=model))
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(s) for s in range(streams)))
+        await asyncio.gather(*(camera(s, _paced(frames, s, streams, interval_s), record) for s in range(streams)))
         elapsed = time.perf_counter() - t0
         after = await stub.GetModel(pb.GetModelRequest(name=model))
     batches = after.stats.batches - before.stats.batches
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
     return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, **counts}
+
+
+async def _native_load(address: str, model: str, streams: int, frames: list[bytes],
+                       interval_s: float = 0.0) -> dict[str, Any]:
+    """One trtserve.v1 StreamDetect per camera."""
+    import grpc
+
+    from trtserve.v1 import detection_pb2 as pb
+    from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.DetectionServiceStub(channel)
+
+        async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
+            sent: dict[int, float] = {}
+
+            async def requests() -> AsyncIterator[pb.DetectRequest]:
+                async for i, blob in paced:
+                    sent[i] = time.perf_counter()
+                    yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i,
+                                           image=pb.Image(encoded=blob))
+
+            async for answer in stub.StreamDetect(requests()):
+                record(sent.pop(answer.sequence),
+                       {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(answer.status, "errors"))
+
+        return await _measure(address, model, streams, frames, interval_s, camera)
 
 
 async def _kserve_load(address: str, model: str, streams: int, frames: list[bytes],
@@ -87,22 +117,13 @@ async def _kserve_load(address: str, model: str, streams: int, frames: list[byte
     import tritonclient.grpc.aio as tca
     from tritonclient.grpc import InferInput
 
-    from trtserve.client import DetectionClient
-
-    latencies: list[float] = []
-    counts = {"ok": 0, "dropped": 0, "errors": 0}
     client = tca.InferenceServerClient(address)
-    with DetectionClient(address, model) as native:
-        before = native.model_info(model)
 
-    async def one(stream: int) -> None:
+    async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
         sent: dict[str, float] = {}
 
-        async def requests():  # type: ignore[no-untyped-def]
-            start = time.perf_counter() + stream * interval_s / max(1, streams)
-            for i, blob in enumerate(frames):
-                if interval_s:
-                    await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            async for i, blob in paced:
                 tensor = InferInput("IMAGE", [1], "BYTES")
                 tensor.set_data_from_numpy(np.array([blob], dtype=np.object_))
                 request_id = f"{stream}-{i}"
@@ -111,20 +132,14 @@ async def _kserve_load(address: str, model: str, streams: int, frames: list[byte
 
         async for result, error in client.stream_infer(requests()):
             if error is not None:
-                counts["errors"] += 1
-                continue
-            latencies.append(time.perf_counter() - sent.pop(result.get_response().id))
-            counts["ok"] += 1
+                record(None, "errors")
+            else:
+                record(sent.pop(result.get_response().id), "ok")
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(s) for s in range(streams)))
-    elapsed = time.perf_counter() - t0
-    await client.close()
-    with DetectionClient(address, model) as native:
-        after = native.model_info(model)
-    batches = after.stats.batches - before.stats.batches
-    mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
-    return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, **counts}
+    try:
+        return await _measure(address, model, streams, frames, interval_s, camera)
+    finally:
+        await client.close()
 
 
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
