@@ -162,9 +162,8 @@ def out_of_range_fraction(values: NDArray[np.generic], bounds: Range) -> tuple[i
 
 @dataclass(frozen=True)
 class DriftSummary:
-    """The rolling window, as :meth:`DriftMonitor.summary` and GetModel report it."""
+    """The rolling window, as :meth:`DriftMonitor.summary` and GetModel report it (the proto's fields)."""
 
-    enabled: bool
     sample_rate: float
     shadow_precision: str
     samples: int  # frames compared since start
@@ -487,7 +486,7 @@ class DriftMonitor:
         scored = sum(f.counts.true_positives for f in detections)
         coverage = [f.out_of_range["all"] for f in window if f.out_of_range and "all" in f.out_of_range]
         return DriftSummary(
-            enabled=True, sample_rate=self.spec.sample_rate, shadow_precision=self.spec.shadow_precision,
+            sample_rate=self.spec.sample_rate, shadow_precision=self.spec.shadow_precision,
             samples=samples, skipped=skipped, errors=errors, window_frames=len(window), agreement_f1=agreement,
             mean_iou=counts.mean_iou, mean_score_abs_diff=sum(f.score_abs_diff_sum for f in detections) / scored
             if scored else 0.0, missed=counts.false_negatives, extra=counts.false_positives,

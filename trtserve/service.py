@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import grpc
 import numpy as np
@@ -231,9 +231,4 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
 def _drift(p: Pipeline) -> pb.DriftSummary | None:
     if p.drift is None:
         return None
-    d = p.drift.summary()
-    return pb.DriftSummary(
-        sample_rate=d.sample_rate, shadow_precision=d.shadow_precision, samples=d.samples, skipped=d.skipped,
-        errors=d.errors, window_frames=d.window_frames, agreement_f1=d.agreement_f1, mean_iou=d.mean_iou,
-        mean_score_abs_diff=d.mean_score_abs_diff, missed=d.missed, extra=d.extra,
-        out_of_range_ratio=d.out_of_range_ratio, below_threshold=d.below_threshold, ranges_source=d.ranges_source)
+    return pb.DriftSummary(**asdict(p.drift.summary()))  # the same fields
