@@ -83,6 +83,7 @@ class Backend(abc.ABC):
         """Open the model. Raises :class:`ModelLoadError` with what to do when it cannot."""
         if not self._loaded:
             self._inputs, self._outputs = self._load()
+            self._inputs_by_name = {t.name: t for t in self._inputs}
             self._loaded = True
         return self
 
@@ -92,8 +93,8 @@ class Backend(abc.ABC):
         Returns fresh arrays owned by the caller, keyed by output name.
         """
         self._require_loaded()
-        expected = {t.name: t for t in self._inputs}
-        if set(feeds) != set(expected):
+        expected = self._inputs_by_name
+        if feeds.keys() != expected.keys():
             raise InvalidFrameError(f"inputs {sorted(feeds)} do not match the model's {sorted(expected)}")
         for name, array in feeds.items():
             info = expected[name]

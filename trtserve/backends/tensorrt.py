@@ -198,7 +198,9 @@ class TensorRTBackend(Backend):
                                  f"{record.rebuild_command(self.model_path)}")
         self._api = _BindingsApi(trt, self._engine) if version.major < 10 else _NamedTensorApi(trt, self._engine)
         self._tensors = self._api.tensors()
-        inputs = [t for t in self._tensors if t.is_input]
+        self._input_tensors = [t for t in self._tensors if t.is_input]  # split once, not per batch
+        self._output_tensors = [t for t in self._tensors if not t.is_input]
+        inputs = self._input_tensors
         for t in inputs:
             t.max_shape = self._api.profile_max(t, 0)
         self.max_batch = min(t.max_shape[0] for t in inputs)
@@ -224,7 +226,7 @@ class TensorRTBackend(Backend):
         def info(t: _Tensor) -> TensorInfo:
             return TensorInfo(t.name, t.dtype, tuple(None if d < 0 else d for d in t.shape))
 
-        return [info(t) for t in inputs], [info(t) for t in self._tensors if not t.is_input]
+        return [info(t) for t in inputs], [info(t) for t in self._output_tensors]
 
     def _make_slot(self, profile: int) -> _Slot:
         cuda = self._cuda
@@ -267,25 +269,22 @@ class TensorRTBackend(Backend):
 
     def _run(self, slot: _Slot, feeds: dict[str, NDArray[np.generic]], n: int) -> dict[str, NDArray[np.generic]]:
         cuda, stream = self._cuda, slot.stream
-        for t in (t for t in self._tensors if t.is_input):
+        for t in self._input_tensors:
             data = np.ascontiguousarray(feeds[t.name], dtype=t.dtype)
             slot.host[t.name][: data.nbytes] = data.reshape(-1).view(np.uint8)
             cuda.copy_to_device(slot.device[t.name], slot.host_ptr[t.name], data.nbytes, stream)
             if not self._api.set_input_shape(slot, t, tuple(data.shape)):
                 raise BackendError(f"TensorRT refused input shape {list(data.shape)} for '{t.name}'")
-        shapes = {t.name: self._api.shape(slot, t) for t in self._tensors if not t.is_input}
+        shapes = [(t, self._api.shape(slot, t)) for t in self._output_tensors]
         if not self._api.execute(slot, _stream_handle(stream)):
             raise BackendError(f"TensorRT failed to enqueue {self.model_path.name}: "
                                f"{'; '.join(self._log.errors()[-3:]) or 'no detail'}")
-        sizes = {name: math.prod(shape) * self._dtype(name).itemsize for name, shape in shapes.items()}
-        for name, size in sizes.items():
-            cuda.copy_to_host(slot.host_ptr[name], slot.device[name], size, stream)
+        sizes = [math.prod(shape) * t.dtype.itemsize for t, shape in shapes]
+        for (t, _), size in zip(shapes, sizes):
+            cuda.copy_to_host(slot.host_ptr[t.name], slot.device[t.name], size, stream)
         cuda.synchronize(stream)
-        return {name: slot.host[name][: sizes[name]].view(self._dtype(name)).reshape(shapes[name]).copy()
-                for name in shapes}
-
-    def _dtype(self, name: str) -> np.dtype:
-        return next(t.dtype for t in self._tensors if t.name == name)
+        return {t.name: slot.host[t.name][:size].view(t.dtype).reshape(shape).copy()
+                for (t, shape), size in zip(shapes, sizes)}
 
     def _release(self) -> None:
         pending = getattr(self, "_all_pending", None)
