@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError, TrtserveError
@@ -48,7 +48,6 @@ class BatcherStats:
     expired: int = 0
     cancelled: int = 0
     failed_batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
 
     @property
     def mean_batch_size(self) -> float:
@@ -184,8 +183,6 @@ class DynamicBatcher(Generic[T, R]):
                 return
             self.stats.batches += 1
             self.stats.items += len(batch)
-            self.stats.batch_sizes.append(len(batch))
-            del self.stats.batch_sizes[:-1000]  # bounded
             for p, r in zip(batch, results):
                 if not p.future.done():
                     p.future.set_result(r)

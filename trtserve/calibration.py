@@ -187,7 +187,6 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
     With ``auto_exclude_target`` the most sensitive layers are kept float until INT8 agrees with FP32 at
     least that much on the first calibration frames (see :mod:`calibrators.sensitivity`).
     """
-    import onnx
     from tqdm import tqdm
 
     from calibrators.calibrate import calibrate, prepare_model
@@ -280,8 +279,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
     report: dict[str, Any] = {
         "model": config.name, "method": method, "frames_used": source.used, "frames_skipped": source.skipped,
         "batches": result.batches, "seconds": round(result.seconds, 2),
-        "onnx_opset": max(o.version for o in onnx.load(str(directory / QDQ_ORT_FILE)).opset_import
-                          if o.domain in ("", "ai.onnx")),
+        "onnx_opset": max(o.version for o in ort_model.opset_import if o.domain in ("", "ai.onnx")),
         "tensors": {name: {"amax": r.amax, "max_abs": r.max_abs, "nonnegative": r.min_value >= 0}
                     for name, r in result.ranges.items()},
         "excluded": ort_plan.reasons,
