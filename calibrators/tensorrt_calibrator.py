@@ -15,8 +15,6 @@ implementing the same API (the tests use a contract double).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from calibrators.files import atomic_write_bytes
 from calibrators.trt_cache import CacheFormatError, read_cache
 
 logger = logging.getLogger(__name__)
@@ -113,11 +112,7 @@ def make_entropy_calibrator(cache_path: Path, batch_size: int,
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            data = bytes(cache)
-            fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.name}.", dir=cache_path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, cache_path)
+            atomic_write_bytes(cache_path, bytes(cache))
 
         def free(self) -> None:
             """Release device buffers (call after the engine is built)."""

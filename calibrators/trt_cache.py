@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from calibrators.files import atomic_write_bytes
+
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 INT8_MAX = 127.0
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
@@ -83,9 +85,7 @@ def make_cache(amax_by_tensor: Mapping[str, float], trt_version: str, method: st
 def write_cache(cache: CalibrationCache, path: Path) -> Path:
     """Write atomically (a partial file would be worse than none: TensorRT would trust it)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(cache.to_text(), encoding="ascii")
-    tmp.replace(path)
+    atomic_write_bytes(path, cache.to_text().encode("ascii"))
     return path
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from calibrators.files import atomic_write_bytes
 from trtserve.config import ModelConfig, load_model_config
 from trtserve.errors import ConfigError, TrtserveError
 from trtserve.vision.preprocess import Preprocessor
@@ -127,20 +126,6 @@ def batched_feeds(source: FrameSource, preprocessor: Preprocessor, input_name: s
         yield {input_name: preprocessor.batch(pending)[0]}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an artifact gets the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_artifacts(config: ModelConfig, entries: dict[str, str]) -> None:
     """Set ``artifacts`` in model.yaml (keeping the rest of the file, comments included), atomically."""
     path = config.source_file
@@ -192,7 +177,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
     from calibrators.calibrate import calibrate, prepare_model
     from calibrators.graph import plan_quantization
     from calibrators.qdq import write_qdq
-    from calibrators.trt_cache import make_cache
+    from calibrators.trt_cache import make_cache, write_cache
 
     for version in trt_versions:  # fail before the long part
         from calibrators.trt_cache import tensorrt_version_int
@@ -273,7 +258,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         cache_method = method if method in ("entropy", "minmax") else "entropy"
         cache = make_cache({t: amax[t] for t in trt_plan.activations}, version, cache_method)
         name = f"calibration.trt{cache.version_int}.cache"
-        atomic_write_bytes(directory / name, cache.to_text().encode("ascii"))
+        write_cache(cache, directory / name)
         caches[version] = name
         entries[f"calibration_cache_{cache.version_int}"] = name
     report: dict[str, Any] = {

@@ -226,8 +226,8 @@ def convert_fp16(source: Path, target: Path, keep_float: list[str] | None = None
     except ImportError as exc:
         raise ConfigError(f"FP16 on TensorRT 11 needs an FP16 ONNX; install onnxconverter-common "
                           f"(pip install 'trtserve[gpu]') or add artifacts.fp16 to model.yaml ({exc})") from None
+    from calibrators.files import atomic_write_bytes
     from calibrators.graph import detection_head_nodes
-    from trtserve.calibration import atomic_write_bytes
 
     model = onnx.load(str(source))
     block = keep_float if keep_float is not None else sorted(detection_head_nodes(model))
@@ -357,8 +357,8 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
     EngineBuildError when TensorRT refuses (parser errors name nodes and op types; a too-small workspace
     says so).
     """
+    from calibrators.files import atomic_write_bytes
     from calibrators.tensorrt_calibrator import make_entropy_calibrator
-    from trtserve.calibration import atomic_write_bytes
 
     trt = trt if trt is not None else import_tensorrt()
     cuda = cuda if cuda is not None else CudaRuntime()

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from calibrators.files import atomic_write_bytes
 from calibrators.trt_cache import read_cache
-from trtserve.calibration import atomic_write_bytes
 from trtserve.cli import main
 from trtserve.config import load_model_config
 from trtserve.synthetic import CALIBRATION_SEED, render_scene
