@@ -154,7 +154,7 @@ def detection_agreement(config: ModelConfig) -> Any:
 
     def agreement(reference: list[NDArray[np.float32]], candidate: list[NDArray[np.float32]]) -> float:
         head = make_head(config.head, len(config.class_names), [tuple(reference[0].shape)])
-        total = MatchCounts(0, 0, 0, 0.0)
+        total = MatchCounts()
         for ref, cand in zip(reference, candidate):
             geos = [identity] * ref.shape[0]
             for a, b in zip(head.decode({"o": cand}, geos, thresholds), head.decode({"o": ref}, geos, thresholds)):
@@ -291,7 +291,7 @@ def compare_precisions(config: ModelConfig, num_images: int) -> dict[str, Any]:
         with Detector.open(config, precision) as detector:
             scores[precision] = evaluate(detector, num_images).as_dict()
             answers[precision] = detector.detect([s.image_bgr for s in evaluation_set(num_images)])
-    total = MatchCounts(0, 0, 0, 0.0)
+    total = MatchCounts()
     for a, b in zip(answers["int8"], answers["fp32"]):
         if a.detections is None or b.detections is None:
             continue

@@ -80,7 +80,7 @@ def _write_and_summarize(pairs: Iterator[tuple[NDArray[np.uint8], Detections]], 
     annotated_path = out_dir / "annotated.mp4"
     writer: cv2.VideoWriter | None = None
     per_class: Counter[str] = Counter()
-    counts = MatchCounts(0, 0, 0, 0.0)
+    counts = MatchCounts()
     frames = detections_total = 0
     t0 = time.perf_counter()
     with tqdm(total=progress_total or None, unit="frame", disable=not progress) as bar:

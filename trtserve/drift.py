@@ -137,8 +137,7 @@ class FrameDrift:
 def compare_detections(served: Detections, shadow: Detections, iou_threshold: float) -> FrameDrift:
     pairs = match_pairs(served.boxes_xyxy, served.scores, served.class_ids, shadow.boxes_xyxy, shadow.class_ids,
                         iou_threshold)
-    tp = len(pairs)
-    counts = MatchCounts(tp, len(served.scores) - tp, len(shadow.scores) - tp, sum(p[2] for p in pairs))
+    counts = MatchCounts.from_pairs(pairs, len(served.scores), len(shadow.scores))
     diff = sum(abs(float(served.scores[i]) - float(shadow.scores[j])) for i, j, _ in pairs)
     return FrameDrift(counts, diff)
 
@@ -265,7 +264,7 @@ class _Shadow:
             frames = []
             for i in range(len(geometries)):
                 pairs = [compare_raw(served[k][i], head_outputs[k][i]) for k in setup.head_outputs]
-                frames.append(FrameDrift(MatchCounts(0, 0, 0, 0.0), 0.0, float(np.mean([p[0] for p in pairs])),
+                frames.append(FrameDrift(MatchCounts(), 0.0, float(np.mean([p[0] for p in pairs])),
                                          float(np.mean([p[1] for p in pairs]))))
         else:
             shadow_dets = setup.head.decode_each(head_outputs, geometries, thresholds)
@@ -478,7 +477,7 @@ class DriftMonitor:
             window = list(self._window)
             samples, skipped, errors = self.samples, self.skipped, self.errors
         detections = [f for f in window if f.cosine is None]
-        counts = sum((f.counts for f in detections), MatchCounts(0, 0, 0, 0.0))
+        counts = sum((f.counts for f in detections), MatchCounts())
         if detections:
             agreement = counts.f1
         else:  # raw outputs: agreement is the mean cosine similarity

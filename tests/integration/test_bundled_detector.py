@@ -20,7 +20,7 @@ from ..conftest import ENGINES
 def test_finds_the_objects_of_held_out_scenes(shapes: Detector) -> None:
     scenes = list(evaluation_set(40))
     results = shapes.detect([s.image_bgr for s in scenes])
-    total = MatchCounts(0, 0, 0, 0.0)
+    total = MatchCounts()
     for scene, result in zip(scenes, results):
         assert result.detections is not None
         d = result.detections
@@ -92,7 +92,7 @@ def test_auto_head_picks_yolov8_for_the_bundled_model(tmp_path: Path) -> None:
 
 def test_large_jpegs_decoded_downscaled_give_the_same_detections(shapes: Detector) -> None:
     """A 1080p JPEG decoded at 1/4 in libjpeg: same geometry, same objects as decoding it whole."""
-    same = truth_full = truth_fast = MatchCounts(0, 0, 0, 0.0)
+    same = truth_full = truth_fast = MatchCounts()
     for i in range(12):
         scene = render_scene(77, i, (1920, 1080))
         data = cv2.imencode(".jpg", scene.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()

@@ -12,10 +12,16 @@ from trtserve.vision.nms import box_iou
 
 @dataclass(frozen=True)
 class MatchCounts:
-    true_positives: int
-    false_positives: int  # only in the candidate set
-    false_negatives: int  # only in the reference set
-    iou_sum: float
+    true_positives: int = 0
+    false_positives: int = 0  # only in the candidate set
+    false_negatives: int = 0  # only in the reference set
+    iou_sum: float = 0.0
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[int, int, float]], candidates: int, references: int) -> MatchCounts:
+        """Counts of :func:`match_pairs` output for ``candidates`` and ``references`` boxes."""
+        tp = len(pairs)
+        return cls(tp, candidates - tp, references - tp, sum(p[2] for p in pairs))
 
     @property
     def f1(self) -> float:
@@ -60,5 +66,4 @@ def match(candidate_boxes: NDArray[np.floating], candidate_scores: NDArray[np.fl
     """Counts of :func:`match_pairs`: matched, only in the candidates, only in the references."""
     pairs = match_pairs(candidate_boxes, candidate_scores, candidate_classes, reference_boxes, reference_classes,
                         iou_threshold)
-    tp = len(pairs)
-    return MatchCounts(tp, len(candidate_boxes) - tp, len(reference_boxes) - tp, sum(p[2] for p in pairs))
+    return MatchCounts.from_pairs(pairs, len(candidate_boxes), len(reference_boxes))
