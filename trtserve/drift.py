@@ -318,12 +318,11 @@ class DriftMonitor:
     """Compares one served model with its shadow on sampled batches. Create with :meth:`open`."""
 
     def __init__(self, served: Detector, shadow: ShadowInfo, spec: DriftSpec, metrics: Metrics,
-                 ranges: dict[str, Range], ranges_source: str, executor: ProcessPoolExecutor,
+                 ranges_source: str, executor: ProcessPoolExecutor,
                  on_verdict: Callable[[bool], None] | None = None) -> None:
         self.served = served
         self.shadow = shadow
         self.spec = spec
-        self.ranges = {t: r for t, r in ranges.items() if t not in shadow.unreadable}
         self.ranges_source = ranges_source
         self._executor = executor
         self._on_verdict = on_verdict
@@ -378,7 +377,7 @@ class DriftMonitor:
         logger.info("model %s: %s drift monitor against a %s shadow (%s, own process), sample rate %.3f, "
                     "ranges from %s", config.name, served.precision, spec.shadow_precision, spec.shadow_backend,
                     spec.sample_rate, source or "nowhere")
-        return cls(served, shadow, spec, metrics, ranges, source, executor, on_verdict)
+        return cls(served, shadow, spec, metrics, source, executor, on_verdict)
 
     # --- the serving side: never blocks -----------------------------------------------------------------
 
@@ -454,9 +453,7 @@ class DriftMonitor:
         self._judge(summary)
 
     def _judge(self, summary: DriftSummary) -> None:
-        if summary.window_frames < self.spec.min_window_frames:
-            return
-        below = summary.below_threshold
+        below = summary.below_threshold  # never true on fewer than min_window_frames
         if below == self._below:
             return
         self._below = below
