@@ -12,7 +12,6 @@ instances threads each); the p99 bound uses one batch's time as the server compu
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -150,11 +149,11 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     Two runs: unpaced (peak throughput, efficiency), then paced cameras at ``load_fraction`` of that
     peak, whose latency percentiles are the ones reported (an unpaced run only measures its own backlog).
     """
-    from trtserve.backends import BackendOptions
     from trtserve.benchmark import median_seconds
     from trtserve.demo import start_server_process, stop_server_process
     from trtserve.detector import Detector
     from trtserve.repository import ModelRepository
+    from trtserve.server import serving_backend_options
 
     frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
               for s in video_frames(frames_per_stream)]
@@ -189,8 +188,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     with Detector.open(config, precision) as detector:
         tensor, _ = detector.preprocessor.batch(images)
         raw_s = median_seconds(lambda: detector.backend.infer({detector.input_name: tensor}), repeats=20)
-    threads = max(1, (os.cpu_count() or 1) // instances)
-    with Detector.open(config, precision, options=BackendOptions(intra_op_threads=threads, spin_wait=False)) as d:
+    with Detector.open(config, precision, options=serving_backend_options(instances)) as d:
         batch_s = median_seconds(lambda: d.backend.infer({d.input_name: tensor}), repeats=10)
         concurrent_fps = _concurrent_fps(lambda: d.backend.infer({d.input_name: tensor}), instances, 10) * batch
     raw_fps = max(batch / raw_s, concurrent_fps)

@@ -41,6 +41,13 @@ from trtserve.v1 import detection_pb2, detection_pb2_grpc
 logger = logging.getLogger(__name__)
 
 
+def serving_backend_options(instances: int, intra_op_threads: int = 0) -> BackendOptions:
+    """How the server runs a backend: ``instances`` batches at once on cores / instances threads each (unless
+    ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs."""
+    threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+    return BackendOptions(intra_op_threads=threads, spin_wait=False)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     models: tuple[str, ...] = ("shapes",)
@@ -104,8 +111,8 @@ class Server:
     async def _load(self, name: str) -> None:
         s = self.settings
         config = self.repository.get(name)
-        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // s.batcher.instances)
-        detector = Detector.open(config, s.precision, options=BackendOptions(intra_op_threads=threads, spin_wait=False))
+        detector = Detector.open(config, s.precision, options=serving_backend_options(s.batcher.instances,
+                                                                                      s.intra_op_threads))
         drift = None
         try:
             spec = config.drift_settings(s.drift)
