@@ -38,6 +38,7 @@ from typing import Any
 from trtserve.config import PRECISIONS, ModelConfig
 from trtserve.cuda_runtime import CudaRuntime, DeviceInfo
 from trtserve.engine_key import (
+    GIB,
     BuildSettings,
     EngineRecord,
     cache_dir,
@@ -311,9 +312,9 @@ def parser_errors(parser: Any, onnx_path: Path) -> str:
 def build_failure(errors: list[str], warnings: list[str], settings: BuildSettings) -> str:
     text = " ".join(errors + warnings).lower()
     if "workspace" in text or "out of memory" in text:
-        return (f"the workspace of {settings.workspace_bytes / (1 << 30):g} GiB is too small for this network "
+        return (f"the workspace of {settings.workspace_bytes / GIB:g} GiB is too small for this network "
                 f"({'; '.join(errors) or 'no tactic fits'}); raise --workspace-gb (e.g. to "
-                f"{max(2.0, 2 * settings.workspace_bytes / (1 << 30)):g})")
+                f"{max(2.0, 2 * settings.workspace_bytes / GIB):g})")
     return "; ".join(errors) or "no error reported (run with --verbose for TensorRT's log)"
 
 
@@ -324,7 +325,7 @@ class BuildResult:
     path: BuildPath
 
 
-def _profiles(trt: Any, builder: Any, network: Any, settings: BuildSettings) -> tuple[list[Any], dict[str, Any]]:
+def _profiles(builder: Any, network: Any, settings: BuildSettings) -> tuple[list[Any], dict[str, Any]]:
     shapes: dict[str, list[list[int]]] = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -385,7 +386,7 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     for flag in path.builder_flags:
         builder_config.set_flag(getattr(trt.BuilderFlag, flag))
-    profiles, shapes = _profiles(trt, builder, network, settings)
+    profiles, shapes = _profiles(builder, network, settings)
     for profile in profiles:
         builder_config.add_optimization_profile(profile)
     calibrator = None
@@ -410,9 +411,8 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
 
-    source_sha = sha256_of(path.onnx)
+    source_sha, cache_sha = _hashes(path)
     cache = path.calibration_cache
-    cache_sha = sha256_of(cache) if cache else None
     key = engine_key(config.name, settings, device, str(version), f"{source_sha}:{cache_sha}")
     plan = cache_dir(config) / f"{key}.plan"
     plan.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +431,9 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
 
 def source_hashes(config: ModelConfig, precision: str, version: TrtVersion) -> tuple[str, str | None]:
     """sha256 of the ONNX and calibration cache an engine of ``precision`` is built from on ``version``."""
-    path = plan_build(version, precision, sources_of(config), model=config.name)
+    return _hashes(plan_build(version, precision, sources_of(config), model=config.name))
+
+
+def _hashes(path: BuildPath) -> tuple[str, str | None]:
     cache = path.calibration_cache
     return sha256_of(path.onnx), (sha256_of(cache) if cache else None)

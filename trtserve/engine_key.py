@@ -96,7 +96,7 @@ class EngineRecord:
         """Why this engine cannot run here, or None when it can."""
         if self.tensorrt_version != tensorrt_version:
             return f"built with TensorRT {self.tensorrt_version}, this host has TensorRT {tensorrt_version}"
-        if self.compute_capability != device.compute_capability or self.gpu_name != device.gpu_name:
+        if self.device != device:
             return (f"built for {self.gpu_name} (compute {self.compute_capability}), this host has "
                     f"{device.gpu_name} (compute {device.compute_capability})")
         return None
