@@ -239,7 +239,6 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                     "shadow_precision": d.shadow_precision, "samples": d.samples, "skipped": d.skipped,
                     "agreement_f1": round(d.agreement_f1, 4), "mean_iou": round(d.mean_iou, 4),
                     "out_of_range_ratio": round(d.out_of_range_ratio, 6), "below_threshold": d.below_threshold}
-            result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
     finally:
         exit_code = stop_server_process(server)
     result.summary["server_exit_code"] = exit_code

@@ -55,7 +55,6 @@ class CudaDouble:
         self.device: dict[int, np.ndarray] = {}
         self.pinned: dict[int, np.ndarray] = {}
         self.streams: set[int] = set()
-        self.copies: list[tuple[str, int]] = []  # (kind, bytes)
         self._next_stream = 0x1000
 
     def live(self) -> int:
@@ -81,7 +80,6 @@ class CudaDouble:
         m = ModuleType(name)
         m.cudaError_t = cudaError_t  # type: ignore[attr-defined]
         m.cudaMemcpyKind = cudaMemcpyKind  # type: ignore[attr-defined]
-        m.double = self  # type: ignore[attr-defined]
 
         def cudaMalloc(size: int) -> tuple[cudaError_t, int]:  # noqa: N802
             return self._alloc(self.device, size)
@@ -103,7 +101,6 @@ class CudaDouble:
             if kind == cudaMemcpyKind.cudaMemcpyDeviceToHost and not self.find(src, size, self.device):
                 return (cudaError_t.cudaErrorInvalidValue,)
             ctypes.memmove(dst, src, size)
-            self.copies.append((kind.name, size))
             return (cudaError_t.cudaSuccess,)
 
         def cudaMemcpyAsync(dst: int, src: int, size: int, kind: cudaMemcpyKind, stream: Any  # noqa: N802
