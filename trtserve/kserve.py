@@ -25,8 +25,8 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve import __version__
-from trtserve.errors import InvalidFrameError, ModelNotFoundError, TrtserveError
-from trtserve.pipeline import FrameOutcome, Pipeline
+from trtserve.errors import InvalidFrameError, TrtserveError
+from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
 from trtserve.service import status_code
 
 INPUT_NAME = "IMAGE"
@@ -54,14 +54,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         self.pipelines = pipelines
         self.max_in_flight = max_in_flight_per_stream
 
-    def _pipeline(self, name: str) -> Pipeline:
-        if name not in self.pipelines:
-            raise ModelNotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self.pipelines)}")
-        return self.pipelines[name]
-
     async def _pipeline_or_abort(self, name: str, context: grpc.aio.ServicerContext) -> Pipeline:
         try:
-            return self._pipeline(name)
+            return find_pipeline(self.pipelines, name)
         except TrtserveError as exc:
             await context.abort(status_code(exc), str(exc))
             raise  # abort raises; this only satisfies type checkers
@@ -133,7 +128,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         return images
 
     async def _infer(self, request: kpb.ModelInferRequest) -> kpb.ModelInferResponse:
-        pipeline = self._pipeline(request.model_name)
+        pipeline = find_pipeline(self.pipelines, request.model_name)
         images = self._images(request)
         outcomes: list[FrameOutcome] = await asyncio.gather(*(pipeline.detect(img) for img in images))
         k = pipeline.detector.thresholds.max_detections

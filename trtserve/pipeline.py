@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from numpy.typing import NDArray
 from trtserve.batcher import DynamicBatcher
 from trtserve.detector import BatchRun, Detector, Frame
 from trtserve.drift import DriftMonitor
-from trtserve.errors import code_name
+from trtserve.errors import ModelNotFoundError, code_name
 from trtserve.heads import Detections, Thresholds
 from trtserve.metrics import Metrics, ModelMetrics
 from trtserve.vision.letterbox import Letterbox
@@ -133,3 +134,10 @@ class Pipeline:
         run = await loop.run_in_executor(self._executor, infer)
         self.metrics.batch_size.observe(len(jobs))
         return [_Done(d, dequeued, run.preprocess_s, run.inference_s, run.postprocess_s) for d in run.detections]
+
+
+def find_pipeline(pipelines: Mapping[str, Pipeline], name: str) -> Pipeline:
+    """The pipeline serving model ``name``; ModelNotFoundError (NOT_FOUND) naming the loaded ones."""
+    if name not in pipelines:
+        raise ModelNotFoundError(f"model {name!r} is not loaded; loaded: {sorted(pipelines)}")
+    return pipelines[name]

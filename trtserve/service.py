@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 import grpc
 import numpy as np
 
-from trtserve.errors import InvalidFrameError, ModelNotFoundError, TrtserveError, code_name
+from trtserve.errors import InvalidFrameError, TrtserveError, code_name
 from trtserve.heads import Thresholds
-from trtserve.pipeline import FrameOutcome, Pipeline
+from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
@@ -65,10 +65,7 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         self.frames_started = 0  # frames that reached a handler (for drain checks and metrics)
 
     def _pipeline(self, name: str) -> Pipeline:
-        key = name or self.default_model
-        if key not in self.pipelines:
-            raise ModelNotFoundError(f"model {key!r} is not loaded; loaded: {sorted(self.pipelines)}")
-        return self.pipelines[key]
+        return find_pipeline(self.pipelines, name or self.default_model)
 
     def _thresholds(self, pipeline: Pipeline, request: pb.DetectRequest) -> Thresholds | None:
         t = request.thresholds
