@@ -204,6 +204,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import numpy as np
 
     from trtserve.client import DetectionClient, Frame, detections_of
+    from trtserve.v1 import detection_pb2 as pb
     from trtserve.vision.draw import annotate
 
     source: int | str = int(args.source) if args.source.isdigit() else args.source
@@ -232,7 +233,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             names = tuple(client.model_info(args.model).classes)
             for answer in client.stream(frames()):
                 frame = sent.pop(0)
-                if answer.status != 1:
+                if answer.status != pb.STATUS_OK:
                     errors += 1
                     sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
                     continue

@@ -198,6 +198,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
     summary then carries the drift window (``drift``).
     """
     from trtserve.client import DetectionClient, Frame, detections_of
+    from trtserve.v1 import detection_pb2 as pb
 
     out_dir.mkdir(parents=True, exist_ok=True)
     source = sample_video(out_dir) if video is None else video
@@ -217,7 +218,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
             def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
                 for answer in client.stream(outgoing()):
                     frame = sent.pop(0)
-                    if answer.status != 1:  # STATUS_OK
+                    if answer.status != pb.STATUS_OK:
                         raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
                     yield frame, detections_of(answer)
 
