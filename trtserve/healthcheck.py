@@ -8,9 +8,12 @@ It connects over plaintext gRPC (as Kubernetes' probes do), asks ``Health/Check`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_PORT = 8001
+DEFAULT_CONFIG = Path("/etc/trtserve/server.yaml")  # where the images mount the server config
 
 
 @dataclass(frozen=True)
@@ -19,10 +22,22 @@ class HealthResult:
     detail: str  # SERVING, NOT_SERVING, SERVICE_UNKNOWN, or the transport error
 
 
-def default_address(environ: dict[str, str] | None = None) -> str:
-    """``127.0.0.1:<TRTSERVE_GRPC_PORT or 8001>``: the server as seen from inside its own container."""
+def default_address(environ: Mapping[str, str] | None = None) -> str:
+    """``127.0.0.1:<grpc_port>``: the server as seen from inside its own container.
+
+    The port is resolved as the server resolves it: the config file the entrypoint uses (``TRTSERVE_CONFIG``,
+    else ``/etc/trtserve/server.yaml`` when present), then ``TRTSERVE_GRPC_PORT``; 8001 when neither says.
+    """
+    from trtserve.errors import ConfigError
+    from trtserve.server_config import load_server_settings
+
     env = os.environ if environ is None else environ
-    return f"127.0.0.1:{env.get('TRTSERVE_GRPC_PORT', DEFAULT_PORT)}"
+    config = env.get("TRTSERVE_CONFIG") or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+    try:
+        port = load_server_settings(Path(config) if config else None, env).grpc_port
+    except ConfigError:  # the server refuses such a config too: probe the default, which reports it down
+        port = DEFAULT_PORT
+    return f"127.0.0.1:{port}"
 
 
 def check_health(address: str, service: str = "", timeout_s: float = 3.0) -> HealthResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -45,3 +46,10 @@ def test_unreachable_server_is_unhealthy_not_a_crash() -> None:
 def test_default_address_follows_the_grpc_port_variable() -> None:
     assert default_address({}) == "127.0.0.1:8001"
     assert default_address({"TRTSERVE_GRPC_PORT": "9001"}) == "127.0.0.1:9001"
+
+
+def test_default_address_follows_the_server_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("grpc_port: 9101\n")
+    assert default_address({"TRTSERVE_CONFIG": str(config)}) == "127.0.0.1:9101"
+    assert default_address({"TRTSERVE_CONFIG": str(config), "TRTSERVE_GRPC_PORT": "9102"}) == "127.0.0.1:9102"
