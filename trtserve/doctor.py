@@ -139,7 +139,10 @@ def _backends(r: Report) -> dict[str, dict[str, Any]]:
         trt_why = "cuda-python is missing or the CUDA runtime failed"
     trt_precisions: list[str] = []
     if trt_why is None and r.tensorrt is not None:
-        major = int(r.tensorrt.split(".")[0])
+        from trtserve.engine_build import DLA_MIN_TRT11, TrtVersion
+
+        version = TrtVersion.parse(r.tensorrt)
+        major = version.major
         fp16 = "fp16"
         if major >= 11:  # strongly typed only: FP16 needs an FP16 ONNX, converted by onnxconverter-common
             fp16 = "fp16 (converted FP16 ONNX)" if importlib.util.find_spec("onnxconverter_common") else \
@@ -147,7 +150,7 @@ def _backends(r: Report) -> dict[str, dict[str, Any]]:
         trt_precisions = ["fp32", fp16, "int8 (Q/DQ, strongly typed)"] if major >= 10 else ["fp32", fp16]
         if major < 11:
             trt_precisions.append("int8 (calibration cache, implicit)")
-        if r.dla_cores:
+        if r.dla_cores and (major < 11 or version >= DLA_MIN_TRT11):  # the rule `trtserve build` applies
             trt_precisions.append(f"DLA cores 0..{r.dla_cores - 1} (fp16/int8, --dla-core)")
     return {
         "onnxruntime": {"available": ort_ok, "providers": providers, "precisions": ort_precisions,
