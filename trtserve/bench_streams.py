@@ -7,34 +7,42 @@ backend's throughput at that batch size in this process — after the load, so t
 the CPU — and reports ``efficiency`` = fps / raw_backend_fps. The raw figure is the better of one call on
 all the runtime's threads and the server's own arrangement (``instances`` calls at once on cores /
 instances threads each); the p99 bound uses one batch's time as the server computes it.
+
+It also says where each frame's CPU time went (this client, the server when it runs here, the engine alone)
+and, for a CPU backend, the efficiency those costs allow with every core busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
+from trtserve.errors import TrtserveError
 from trtserve.synthetic import video_frames
 
 
-def _concurrent_fps(call: Callable[[], object], threads: int, calls_each: int) -> float:
-    """Calls per second with ``threads`` threads making ``calls_each`` calls at once (after one warm-up each)."""
+def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int) -> tuple[float, float]:
+    """``threads`` threads making ``calls_each`` calls at once (after one warm-up each): calls per second, and
+    CPU seconds per call (this process, all threads)."""
     def work(n: int) -> None:
         for _ in range(n):
             call()
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, [1] * threads))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         list(pool.map(work, [calls_each] * threads))
-        return threads * calls_each / (time.perf_counter() - t0)
+        calls = threads * calls_each
+        return calls / (time.perf_counter() - t0), (time.process_time() - cpu0) / calls
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -42,11 +50,19 @@ def _percentile_ms(values: list[float], q: float) -> float:
 
 
 Record = Callable[[float | None, str], None]  # (when the frame was sent, or None; ok | dropped | errors)
-Camera = Callable[[int, AsyncIterator[tuple[int, bytes]], Record], Awaitable[None]]
+Camera = Callable[[int, AsyncIterator[tuple[int, Any]], Record], Awaitable[None]]
 
 
-async def _paced(frames: list[bytes], stream: int, streams: int, interval_s: float
-                 ) -> AsyncIterator[tuple[int, bytes]]:
+def _sample_frames(count: int, jpeg_quality: int | None) -> list[bytes] | list[NDArray[np.uint8]]:
+    """The sample video's first ``count`` frames: JPEG bytes, or with ``jpeg_quality`` None BGR pixels."""
+    video = video_frames(count)
+    if jpeg_quality is None:
+        return [s.image_bgr for s in video]
+    return [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes() for s in video]
+
+
+async def _paced(frames: Sequence[Any], stream: int, streams: int, interval_s: float
+                 ) -> AsyncIterator[tuple[int, Any]]:
     """A camera's frames: as fast as taken, or one every ``interval_s`` (cameras out of phase)."""
     start = time.perf_counter() + stream * interval_s / max(1, streams)
     for i, blob in enumerate(frames):
@@ -55,9 +71,21 @@ async def _paced(frames: list[bytes], stream: int, streams: int, interval_s: flo
         yield i, blob
 
 
-async def _measure(address: str, model: str, streams: int, frames: list[bytes], interval_s: float,
-                   camera: Camera) -> dict[str, Any]:
-    """Run ``streams`` cameras at once; latencies, answer counts and the server's mean batch over the run."""
+def _process_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) process ``pid`` has used; None when unknown (not local, not Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(address: str, model: str, streams: int, frames: Sequence[Any], interval_s: float,
+                   camera: Camera, server_pid: int | None = None) -> dict[str, Any]:
+    """Run ``streams`` cameras at once; latencies, answer counts, the server's mean batch over the run, and the
+    CPU seconds this client and (when ``server_pid`` is a local process) the server used meanwhile."""
     import grpc
 
     from trtserve.v1 import detection_pb2 as pb
@@ -74,44 +102,51 @@ async def _measure(address: str, model: str, streams: int, frames: list[bytes], 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
         before = await stub.GetModel(pb.GetModelRequest(name=model))
-        t0 = time.perf_counter()
+        t0, client0, server0 = time.perf_counter(), time.process_time(), _process_cpu_s(server_pid)
         await asyncio.gather(*(camera(s, _paced(frames, s, streams, interval_s), record) for s in range(streams)))
         elapsed = time.perf_counter() - t0
+        client_cpu_s, server1 = time.process_time() - client0, _process_cpu_s(server_pid)
         after = await stub.GetModel(pb.GetModelRequest(name=model))
     batches = after.stats.batches - before.stats.batches
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
-    return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, **counts}
+    server_cpu_s = server1 - server0 if server0 is not None and server1 is not None else None
+    return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, "client_cpu_s": client_cpu_s,
+            "server_cpu_s": server_cpu_s, **counts}
 
 
-async def _native_load(address: str, model: str, streams: int, frames: list[bytes],
-                       interval_s: float = 0.0) -> dict[str, Any]:
-    """One trtserve.v1 StreamDetect per camera."""
+async def _native_load(address: str, model: str, streams: int,
+                       frames: Sequence[bytes] | Sequence[NDArray[np.uint8]], interval_s: float = 0.0,
+                       server_pid: int | None = None) -> dict[str, Any]:
+    """One trtserve.v1 StreamDetect per camera; frames are JPEG bytes or raw BGR pixels."""
     import grpc
 
+    from trtserve.client import Frame, make_request
     from trtserve.v1 import detection_pb2 as pb
     from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+    images = [make_request(Frame(f), model, jpeg_quality=None).image if isinstance(f, np.ndarray)
+              else pb.Image(encoded=f) for f in frames]  # built once, before the clock starts
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
 
-        async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
+        async def camera(stream: int, paced: AsyncIterator[tuple[int, pb.Image]], record: Record) -> None:
             sent: dict[int, float] = {}
 
             async def requests() -> AsyncIterator[pb.DetectRequest]:
-                async for i, blob in paced:
+                async for i, image in paced:
                     sent[i] = time.perf_counter()
-                    yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i,
-                                           image=pb.Image(encoded=blob))
+                    yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i, image=image)
 
             async for answer in stub.StreamDetect(requests()):
                 record(sent.pop(answer.sequence),
                        {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(answer.status, "errors"))
 
-        return await _measure(address, model, streams, frames, interval_s, camera)
+        return await _measure(address, model, streams, images, interval_s, camera, server_pid)
 
 
-async def _kserve_load(address: str, model: str, streams: int, frames: list[bytes],
-                       interval_s: float = 0.0) -> dict[str, Any]:
+async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[bytes],
+                       interval_s: float = 0.0, server_pid: int | None = None) -> dict[str, Any]:
     """The same load over KServe v2: one ModelStreamInfer per camera through tritonclient's asyncio client."""
     import tritonclient.grpc.aio as tca
     from tritonclient.grpc import InferInput
@@ -136,18 +171,20 @@ async def _kserve_load(address: str, model: str, streams: int, frames: list[byte
                 record(sent.pop(result.get_response().id), "ok")
 
     try:
-        return await _measure(address, model, streams, frames, interval_s, camera)
+        return await _measure(address, model, streams, frames, interval_s, camera, server_pid)
     finally:
         await client.close()
 
 
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
-        server: str | None = None, kserve: bool = False, jpeg_quality: int = 90, load_fraction: float = 0.7
+        server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7
         ) -> dict[str, Any]:
     """Run the load and the raw-engine measurement; returns the report (see the module docstring).
 
     Two runs: unpaced (peak throughput, efficiency), then paced cameras at ``load_fraction`` of that
     peak, whose latency percentiles are the ones reported (an unpaced run only measures its own backlog).
+    ``jpeg_quality`` None sends raw BGR pixels (trtserve.v1 only): what a client that decodes video itself
+    sends, and the server then does no JPEG decoding.
     """
     from trtserve.benchmark import median_seconds
     from trtserve.demo import start_server_process, stop_server_process
@@ -155,8 +192,10 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     from trtserve.repository import ModelRepository
     from trtserve.server import serving_backend_options
 
-    frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
-              for s in video_frames(frames_per_stream)]
+    if kserve and jpeg_quality is None:
+        raise TrtserveError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "
+                            "encoded image bytes); drop --raw or --kserve")
+    frames = _sample_frames(frames_per_stream, jpeg_quality)
     process = None
     log = Path("build/bench-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +203,11 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         process, server = start_server_process(repository, model, precision, log)
     try:
         load = _kserve_load if kserve else _native_load
-        result = asyncio.run(load(server, model, streams, frames))
+        pid = process.pid if process is not None else None
+        result = asyncio.run(load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
         peak_fps = result["ok"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
-        paced = asyncio.run(load(server, model, streams, frames, streams / (load_fraction * peak_fps))) \
+        paced = asyncio.run(load(server, model, streams, frames,  # type: ignore[arg-type]
+                                 streams / (load_fraction * peak_fps))) \
             if peak_fps and load_fraction > 0 else result
         from trtserve.client import DetectionClient
 
@@ -180,7 +221,8 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     fps = result["ok"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
     batch = max(1, round(result["mean_batch"]))
     config = ModelRepository(repository).get(model)
-    images = [np.asarray(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), np.uint8) for b in frames[:batch]]
+    images = [f if isinstance(f, np.ndarray) else np.asarray(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR))
+              for f in frames[:batch]]
     while len(images) < batch:
         images += images[: batch - len(images)]
     # the engine alone, two ways: one call on all of ONNX Runtime's threads, and the server's own arrangement
@@ -190,12 +232,20 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         raw_s = median_seconds(lambda: detector.backend.infer({detector.input_name: tensor}), repeats=20)
     with Detector.open(config, precision, options=serving_backend_options(instances)) as d:
         batch_s = median_seconds(lambda: d.backend.infer({d.input_name: tensor}), repeats=10)
-        concurrent_fps = _concurrent_fps(lambda: d.backend.infer({d.input_name: tensor}), instances, 10) * batch
+        calls_per_s, cpu_s_per_call = _concurrent_calls(lambda: d.backend.infer({d.input_name: tensor}), instances, 10)
+        device = d.backend.device
+    concurrent_fps = calls_per_s * batch
     raw_fps = max(batch / raw_s, concurrent_fps)
+    # where each frame's CPU went; on a CPU backend, with every core busy, efficiency can reach at most the
+    # engine's share of it (the rest is decoding, letterboxing, NMS, gRPC on both ends)
+    engine_ms, client_ms = 1000 * cpu_s_per_call / batch, 1000 * result["client_cpu_s"] / max(1, result["ok"])
+    server_ms = 1000 * result["server_cpu_s"] / max(1, result["ok"]) if result["server_cpu_s"] is not None else None
+    ceiling = engine_ms / (server_ms + client_ms) if server_ms and device == "cpu" else None
     lat = paced["latencies"]
     bound_ms = max_queue_delay_ms + 3 * 1000 * batch_s  # one batch as the server computes it
     return {
-        "protocol": "kserve" if kserve else "trtserve.v1", "streams": streams, "frames_per_stream": frames_per_stream,
+        "protocol": "kserve" if kserve else "trtserve.v1", "frames": "raw" if jpeg_quality is None else "jpeg",
+        "streams": streams, "frames_per_stream": frames_per_stream,
         "frames_sent": 2 * sent,
         "answered": sum(r["ok"] + r["dropped"] + r["errors"] for r in (result, paced)),
         "fps": round(fps, 1), "raw_backend_fps": round(raw_fps, 1),
@@ -209,6 +259,9 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         "dropped": result["dropped"] + paced["dropped"], "errors": result["errors"] + paced["errors"],
         "lost": 2 * sent - sum(r["ok"] + r["dropped"] + r["errors"] for r in (result, paced)),
         "max_queue_delay_ms": max_queue_delay_ms,
+        "engine_cpu_ms_per_frame": round(engine_ms, 3), "client_cpu_ms_per_frame": round(client_ms, 3),
+        "server_cpu_ms_per_frame": round(server_ms, 3) if server_ms is not None else None,
+        "cpu_bound_efficiency_ceiling": round(ceiling, 3) if ceiling is not None else None,
     }
 
 
@@ -237,8 +290,7 @@ def run_shadow(repository: Path | None, model: str, precision: str, streams: int
 
     if precision == "fp32":
         raise ValueError("the shadow is the FP32 model: benchmark a quantized precision (--precision int8)")
-    frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
-              for s in video_frames(frames_per_stream)]
+    frames = _sample_frames(frames_per_stream, jpeg_quality)
     log = Path("build/bench-shadow-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}

@@ -323,12 +323,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from trtserve import bench_streams
 
         r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
-                              args.server, args.kserve)
+                              args.server, args.kserve, None if args.raw else 90)
         _emit(r, args.json, (
-            f"{r['streams']} streams x {r['frames_per_stream']} frames over {r['protocol']}: {r['fps']} frames/s; "
+            f"{r['streams']} streams x {r['frames_per_stream']} {r['frames']} frames over {r['protocol']}: "
+            f"{r['fps']} frames/s; "
             f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}\n"
             f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
-            f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}"))
+            f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}\n"
+            f"CPU per frame: server {r['server_cpu_ms_per_frame']} ms, client {r['client_cpu_ms_per_frame']} ms, "
+            f"engine alone {r['engine_cpu_ms_per_frame']} ms"
+            + (f"; efficiency these allow with every core busy: {r['cpu_bound_efficiency_ceiling']}"
+               if r["cpu_bound_efficiency_ceiling"] is not None else "")))
         return 0
     if args.what == "calibration":
         from trtserve import bench_calibration
@@ -499,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
     p.add_argument("--server", help="a running server (bench streams); default: start one here")
     p.add_argument("--kserve", action="store_true", help="drive the KServe v2 API with tritonclient")
+    p.add_argument("--raw", action="store_true",
+                   help="bench streams: send raw BGR pixels instead of JPEG (trtserve.v1; no decoding in the server)")
     p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
     p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")

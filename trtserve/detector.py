@@ -163,7 +163,7 @@ class Detector:
         t0 = time.perf_counter()
         if not 0 < len(images) <= self.config.max_batch_size:
             raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
-        tensor = self.preprocessor.to_tensor(np.stack(images))
+        tensor = self.preprocessor.to_tensor(images)
         t1 = time.perf_counter()
         outputs = self.infer_tensor(tensor)
         t2 = time.perf_counter()

@@ -105,3 +105,25 @@ def test_large_jpegs_decoded_downscaled_give_the_same_detections(shapes: Detecto
         truth_fast += match(b.boxes_xyxy, b.scores, b.class_ids, scene.boxes_xyxy, scene.class_ids)
     assert same.f1 >= 0.95
     assert truth_fast.f1 >= truth_full.f1 - 0.02
+
+
+def test_batches_on_several_threads_at_once_keep_their_own_inputs(shapes: Detector) -> None:
+    """The server runs batches on several threads at once (batcher.instances): none sees another's frames."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = list(evaluation_set(24))
+    boxed = [shapes.letterbox(s.image_bgr) for s in scenes]
+    batches = [boxed[i : i + 3] for i in range(0, len(boxed), 3)]
+
+    def run(batch: list) -> list:  # type: ignore[type-arg]
+        images, geometries = [b[0] for b in batch], [b[1] for b in batch]
+        return shapes.run_batch(images, geometries, [shapes.thresholds] * len(batch)).detections
+
+    expected = [run(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(run, batches))
+            for want, have in zip(expected, got):
+                for a, b in zip(want, have):
+                    np.testing.assert_allclose(a.boxes_xyxy, b.boxes_xyxy, atol=1e-3)
+                    assert a.class_ids.tolist() == b.class_ids.tolist()

@@ -134,14 +134,44 @@ def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.
         assert stop_server_process(server) == 0
 
 
-@pytest.mark.parametrize("kserve", [False, True])
-def test_bench_streams_answers_every_frame(kserve: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json"] + (["--kserve"] if kserve else [])
+@pytest.mark.parametrize("kserve, raw", [(False, False), (True, False), (False, True)])
+def test_bench_streams_answers_every_frame(kserve: bool, raw: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json"] + (["--kserve"] if kserve else []) \
+        + (["--raw"] if raw else [])
     code, out, _ = run(capsys, *argv)
     r = json.loads(out)
     assert code == 0 and r["frames_sent"] == 72 and r["answered"] == 72 and r["lost"] == 0 and r["errors"] == 0
-    assert r["protocol"] == ("kserve" if kserve else "trtserve.v1")
+    assert r["protocol"] == ("kserve" if kserve else "trtserve.v1") and r["frames"] == ("raw" if raw else "jpeg")
+    # where the CPU went: the server (started here), this client, the engine alone; the ceiling they allow
+    assert min(r["server_cpu_ms_per_frame"], r["engine_cpu_ms_per_frame"], r["client_cpu_ms_per_frame"]) > 0
+    assert r["cpu_bound_efficiency_ceiling"] == pytest.approx(
+        r["engine_cpu_ms_per_frame"] / (r["server_cpu_ms_per_frame"] + r["client_cpu_ms_per_frame"]), abs=0.002)
     assert r["fps"] > 0 and r["raw_backend_fps"] > 0 and 0 < r["efficiency"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["mean_batch"] >= 1
     assert r["raw_backend_fps"] == max(r["raw_one_call_fps"], r["raw_concurrent_fps"]) and r["instances"] == 2
     assert r["p99_bound_ms"] == pytest.approx(r["max_queue_delay_ms"] + 3 * r["batch_compute_ms"], abs=0.05)
+
+
+def test_bench_refuses_raw_frames_over_kserve(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "bench", "--kserve", "--raw", "--frames-per-stream", "2")
+    assert code == 2 and "--raw frames are benchmarked over trtserve.v1 only" in err and "drop --raw or --kserve" in err
+
+
+def test_steady_serving_does_not_fault_memory_in_per_batch(tmp_path: Path) -> None:
+    """Normalizing with blobFromImage per frame + concatenate cost ~270 page faults per frame in the server."""
+    import asyncio
+
+    from trtserve.bench_streams import _native_load, _sample_frames
+    from trtserve.demo import start_server_process, stop_server_process
+
+    frames = _sample_frames(48, 90)
+    process, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
+    try:
+        asyncio.run(_native_load(address, "shapes", 8, frames))  # warm-up: the heap grows to its working set
+        before = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        result = asyncio.run(_native_load(address, "shapes", 8, frames))
+        after = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    finally:
+        stop_server_process(process)
+    assert result["ok"] == 8 * len(frames)
+    assert (after - before) / result["ok"] < 60

@@ -70,6 +70,7 @@ def test_normalization_matches_the_formula(mean, std, order, layout) -> None:  #
     got = Preprocessor(spec).to_tensor(x)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(Preprocessor(spec).to_tensor(list(x)), got)  # a list of frames: the same
 
 
 def test_interpolation_is_configurable_and_keeps_the_geometry() -> None:

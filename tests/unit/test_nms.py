@@ -49,3 +49,22 @@ def test_max_detections_and_empty() -> None:
 def test_box_iou_known_values() -> None:
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]]))
     np.testing.assert_allclose(iou, [[1 / 3, 0.0, 1.0]])
+
+
+def test_boxes_without_area_are_dropped_and_never_suppress() -> None:
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 5, 20], [0, 0, 10, 10], [30, 30, 20, 40], [1, 1, 11, 11]], float)
+    scores = np.array([0.5, 0.99, 0.4, 0.98, 0.3])
+    # 1 has zero width, 3 negative width: not detections; 2 duplicates 0 (IoU 1); 4 overlaps 0 by IoU 0.68
+    assert nms(boxes, scores, 0.5).tolist() == [0]
+    assert nms(boxes, scores, 0.7).tolist() == [0, 4]
+    assert nms(boxes[[1, 3]], scores[[1, 3]], 0.5).tolist() == []
+
+
+def test_class_ids_of_any_integer_type_and_large_coordinates() -> None:
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 4000, (200, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 400, (200, 2))], 1)
+    scores = rng.uniform(0, 1, 200).astype(np.float32)
+    classes = rng.integers(0, 80, 200).astype(np.uint8)
+    got = nms(boxes, scores, 0.45, classes, max_detections=50).tolist()
+    assert got == brute_force_nms(boxes.tolist(), scores.tolist(), 0.45, classes.tolist())[:50]

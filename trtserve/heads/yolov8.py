@@ -18,10 +18,11 @@ class YoloV8Head(Head):
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
         out = single_output(outputs)
         result = []
-        for pred, geometry in zip(out, geometries):
-            pred = pred.T  # [N, 4 + nc]
-            cls_scores = pred[:, 4:]
-            class_ids = cls_scores.argmax(1)
-            scores = cls_scores[np.arange(len(pred)), class_ids]
-            result.append(self.finish(cxcywh_to_xyxy(pred[:, :4]), scores, class_ids, geometry, thresholds))
+        for pred, geometry in zip(out, geometries):  # pred: [4 + nc, N]
+            cls_scores = pred[4:]
+            best = cls_scores.max(0)
+            keep = np.nonzero(best > thresholds.score)[0]  # the class argmax only where a box can survive
+            class_ids = cls_scores[:, keep].argmax(0)
+            result.append(self.finish(cxcywh_to_xyxy(pred[:4, keep].T), best[keep], class_ids, geometry,
+                                      thresholds))
         return result
