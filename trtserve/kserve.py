@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 
 import grpc
 import numpy as np
@@ -27,7 +28,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from trtserve import __version__
 from trtserve.errors import InvalidFrameError, TrtserveError
 from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
-from trtserve.service import status_code
+from trtserve.service import answer_in_order, status_code
 
 INPUT_NAME = "IMAGE"
 OUTPUT_DETECTIONS = "DETECTIONS"
@@ -165,26 +166,6 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[kpb.ModelInferRequest],  # noqa: N802
                                context: grpc.aio.ServicerContext) -> AsyncIterator[kpb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they batch), answers leave in request order."""
-        order: asyncio.Queue[asyncio.Task[kpb.ModelStreamInferResponse] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self.max_in_flight)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await slots.acquire()  # released once the answer is sent: flow control
-                    await order.put(asyncio.create_task(self._stream_answer(request)))
-            finally:
-                await order.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (task := await order.get()) is not None:
-                yield await task
-                slots.release()
-            await reader
-        finally:
-            reader.cancel()
-            while not order.empty():
-                item = order.get_nowait()
-                if item is not None:
-                    item.cancel()
+        async with aclosing(answer_in_order(request_iterator, self._stream_answer, self.max_in_flight)) as answers:
+            async for response in answers:
+                yield response

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -22,6 +24,8 @@ from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 
 def status_code(error: BaseException) -> grpc.StatusCode:
@@ -44,6 +48,36 @@ def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
         array = np.frombuffer(raw.pixels, np.uint8).reshape(raw.height, raw.width, 3)
         return np.ascontiguousarray(array[..., ::-1]) if raw.format == pb.PIXEL_FORMAT_RGB8 else array
     raise InvalidFrameError("request has no image; set image.encoded or image.raw")
+
+
+async def answer_in_order(requests: AsyncIterator[Q], answer: Callable[[Q], Coroutine[Any, Any, R]],
+                          max_in_flight: int) -> AsyncGenerator[R, None]:
+    """Answer each request as it arrives, at most ``max_in_flight`` at once (so they batch), yielding the
+    answers in request order. Past ``max_in_flight`` unanswered, reading stops: flow control back to the
+    client. On exit (the client went away) unanswered work is cancelled."""
+    order: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max_in_flight)
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()  # released once the answer has been sent
+                await order.put(asyncio.create_task(answer(request)))
+        finally:
+            await order.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (task := await order.get()) is not None:
+            yield await task
+            slots.release()
+        await reader
+    finally:
+        reader.cancel()
+        while not order.empty():
+            item = order.get_nowait()
+            if item is not None:
+                item.cancel()
 
 
 OVERLOAD_POLICY_KEY = "x-trtserve-overload-policy"
@@ -133,25 +167,29 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         if policy not in OVERLOAD_POLICIES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{OVERLOAD_POLICY_KEY} {policy!r}; expected one of {list(OVERLOAD_POLICIES)}")
+        if policy == "block":
+            async with aclosing(answer_in_order(request_iterator, lambda r: self._answer(r, None),
+                                                self.max_in_flight)) as answers:
+                async for response in answers:
+                    yield response
+            return
         order: asyncio.Queue[asyncio.Future[pb.DetectResponse] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self.max_in_flight)
         streams: dict[str, _StreamState] = {}
         tasks: set[asyncio.Task[None]] = set()
 
-        def launch(request: pb.DetectRequest, answer: asyncio.Future[pb.DetectResponse],
-                   state: _StreamState | None) -> None:
+        def launch(request: pb.DetectRequest, answer: asyncio.Future[pb.DetectResponse], state: _StreamState
+                   ) -> None:
             async def run() -> None:
                 try:
                     response = await self._answer(request, None)
                     if not answer.done():
                         answer.set_result(response)
                 finally:
-                    if state is not None:
-                        state.running -= 1
-                        if state.waiting is not None:
-                            waiting, state.waiting = state.waiting, None
-                            state.running += 1
-                            launch(*waiting, state)
+                    state.running -= 1
+                    if state.waiting is not None:
+                        waiting, state.waiting = state.waiting, None
+                        state.running += 1
+                        launch(*waiting, state)
 
             task = asyncio.create_task(run())
             tasks.add(task)
@@ -161,11 +199,6 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
             try:
                 async for request in request_iterator:
                     answer: asyncio.Future[pb.DetectResponse] = asyncio.get_running_loop().create_future()
-                    if policy == "block":
-                        await slots.acquire()  # released when the answer has been sent
-                        await order.put(answer)
-                        launch(request, answer, None)
-                        continue
                     await order.put(answer)
                     state = streams.setdefault(request.stream_id, _StreamState())
                     if state.running < self.max_in_flight:
@@ -186,8 +219,6 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         try:
             while (answer := await order.get()) is not None:
                 yield await answer
-                if policy == "block":
-                    slots.release()
             await reader
         finally:
             reader.cancel()
