@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import grpc
     import numpy as np
 
-    from trtserve.client import DetectionClient, Frame, detections_of
+    from trtserve.client import DetectionClient, detections_of
     from trtserve.v1 import detection_pb2 as pb
     from trtserve.vision.draw import annotate
 
@@ -212,16 +212,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if not cap.isOpened():
         raise TrtserveError(f"cannot open {args.source!r}: not a readable video file, camera index or stream URL")
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 15.0
-    sent: list[np.ndarray] = []
 
-    def frames():  # type: ignore[no-untyped-def]
+    def frames() -> Iterator[np.ndarray]:
         i = 0
         while args.frames <= 0 or i < args.frames:
             ok, frame = cap.read()
             if not ok:
                 return
-            sent.append(frame)
-            yield Frame(frame, args.stream_id, i)
+            yield frame
             i += 1
 
     writer = None
@@ -231,8 +229,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         with DetectionClient(args.server, args.model, None if args.raw else args.jpeg_quality) as client:
             names = tuple(client.model_info(args.model).classes)
-            for answer in client.stream(frames()):
-                frame = sent.pop(0)
+            for frame, answer in client.stream_frames(frames(), args.stream_id):
                 if answer.status != pb.STATUS_OK:
                     errors += 1
                     sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -66,6 +67,19 @@ class DetectionClient:
         """Send frames on one StreamDetect call; yields exactly one answer per frame, in order."""
         requests = (make_request(f, self.model, self.jpeg_quality) for f in frames)
         yield from self._stub.StreamDetect(requests)
+
+    def stream_frames(self, images: Iterable[NDArray[np.uint8]], stream_id: str = ""
+                      ) -> Iterator[tuple[NDArray[np.uint8], pb.DetectResponse]]:
+        """BGR frames (numbered from 0) on one StreamDetect call; yields each frame with its answer, in order."""
+        sent: deque[NDArray[np.uint8]] = deque()
+
+        def frames() -> Iterator[Frame]:
+            for i, image in enumerate(images):
+                sent.append(image)
+                yield Frame(image, stream_id, i)
+
+        for answer in self.stream(frames()):
+            yield sent.popleft(), answer
 
     def models(self) -> pb.ListModelsResponse:
         response: pb.ListModelsResponse = self._stub.ListModels(pb.ListModelsRequest())

@@ -197,7 +197,7 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
     With ``shadow_rate`` > 0 the server compares that fraction of batches with the FP32 shadow; the
     summary then carries the drift window (``drift``).
     """
-    from trtserve.client import DetectionClient, Frame, detections_of
+    from trtserve.client import DetectionClient, detections_of
     from trtserve.v1 import detection_pb2 as pb
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,16 +208,9 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
         with DetectionClient(address, model) as client:
             names = tuple(client.model_info(model).classes)
             frames, fps, count = read_video(source)
-            sent: list[NDArray[np.uint8]] = []
-
-            def outgoing() -> Iterator[Frame]:
-                for i, frame in enumerate(frames):
-                    sent.append(frame)
-                    yield Frame(frame, "demo", i)
 
             def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
-                for answer in client.stream(outgoing()):
-                    frame = sent.pop(0)
+                for frame, answer in client.stream_frames(frames, "demo"):
                     if answer.status != pb.STATUS_OK:
                         raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
                     yield frame, detections_of(answer)
