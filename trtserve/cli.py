@@ -305,7 +305,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not 0 < args.shadow_rate <= 1:
             raise TrtserveError(f"--shadow-rate {args.shadow_rate}: expected a fraction of batches in (0, 1]")
         r = bench_streams.run_shadow(args.repository, args.model, args.precision, args.streams,
-                                     args.frames_per_stream, args.shadow_rate, max(1, min(args.repeats, 5)))
+                                     args.frames_per_stream, args.shadow_rate, max(1, min(args.repeats, 5)),
+                                     None if args.raw else 90)
         _emit(r, args.json, (
             f"{r['streams']} streams, {r['precision']} served, FP32 shadow on {r['shadow_rate']:.0%} of batches "
             f"vs off (median of {r['repeats']} pairs):\n"

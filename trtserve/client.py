@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import grpc
@@ -14,6 +15,8 @@ from numpy.typing import NDArray
 from trtserve.heads import Detections
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,15 +122,26 @@ class AsyncDetectionClient:
 
     async def stream(self, frames: AsyncIterator[Frame] | Iterable[Frame]) -> AsyncIterator[pb.DetectResponse]:
         async def requests() -> AsyncIterator[pb.DetectRequest]:
-            if isinstance(frames, AsyncIterator):
-                async for f in frames:
-                    yield make_request(f, self.model, self.jpeg_quality)
-            else:
-                for f in frames:
-                    yield make_request(f, self.model, self.jpeg_quality)
+            async for f in _aiter(frames):
+                yield make_request(f, self.model, self.jpeg_quality)
 
         async for response in self._stub.StreamDetect(requests()):
             yield response
+
+    async def stream_frames(self, images: AsyncIterator[NDArray[np.uint8]] | Iterable[NDArray[np.uint8]],
+                            stream_id: str = "") -> AsyncIterator[tuple[NDArray[np.uint8], pb.DetectResponse]]:
+        """BGR frames (numbered from 0) on one StreamDetect call; yields each frame with its answer, in order."""
+        sent: deque[NDArray[np.uint8]] = deque()
+
+        async def frames() -> AsyncIterator[Frame]:
+            i = 0
+            async for image in _aiter(images):
+                sent.append(image)
+                yield Frame(image, stream_id, i)
+                i += 1
+
+        async for answer in self.stream(frames()):
+            yield sent.popleft(), answer
 
     async def close(self) -> None:
         await self._channel.close()
@@ -137,3 +151,12 @@ class AsyncDetectionClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _aiter(items: AsyncIterator[T] | Iterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterator):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

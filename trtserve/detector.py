@@ -209,6 +209,13 @@ class Detector:
 
     def with_thresholds(self, score: float | None = None, iou: float | None = None,
                         max_detections: int | None = None) -> Thresholds:
+        """The model's thresholds with these overrides; InvalidFrameError (INVALID_ARGUMENT) for values out of
+        range: score and IoU in 0..1, max_detections at least 1."""
+        for name, value in (("score", score), ("iou", iou)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InvalidFrameError(f"thresholds.{name} is {value}; expected 0..1")
+        if max_detections is not None and max_detections < 1:
+            raise InvalidFrameError(f"thresholds.max_detections is {max_detections}; expected at least 1")
         t = self.thresholds
         return replace(t, score=t.score if score is None else score, iou=t.iou if iou is None else iou,
                        max_detections=t.max_detections if max_detections is None else max_detections)

@@ -15,6 +15,7 @@ batching (elements of concurrent requests are batched together).
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -30,6 +31,7 @@ from trtserve.errors import InvalidFrameError, TrtserveError
 from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
 from trtserve.service import answer_in_order, status_code
 
+logger = logging.getLogger(__name__)
 INPUT_NAME = "IMAGE"
 OUTPUT_DETECTIONS = "DETECTIONS"
 OUTPUT_COUNT = "NUM_DETECTIONS"
@@ -153,14 +155,19 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                          context: grpc.aio.ServicerContext) -> kpb.ModelInferResponse:
         try:
             return await self._infer(request)
-        except TrtserveError as exc:
-            await context.abort(status_code(exc), str(exc))
+        except Exception as exc:
+            if not isinstance(exc, TrtserveError):
+                logger.exception("ModelInfer request %r failed unexpectedly", request.id)
+            await context.abort(status_code(exc), str(exc) if isinstance(exc, TrtserveError)
+                                else f"internal error: {exc!r}")
             raise
 
     async def _stream_answer(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
             return kpb.ModelStreamInferResponse(infer_response=await self._infer(request))
-        except TrtserveError as exc:  # the stream goes on; this request gets its error
+        except Exception as exc:  # the stream goes on; this request gets its error (a bug: INTERNAL)
+            if not isinstance(exc, TrtserveError):
+                logger.exception("ModelStreamInfer request %r failed unexpectedly", request.id)
             return kpb.ModelStreamInferResponse(error_message=f"{status_code(exc).name}: {exc}")
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[kpb.ModelInferRequest],  # noqa: N802

@@ -105,24 +105,23 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         t = request.thresholds
         if not (t.HasField("score") or t.HasField("iou") or t.HasField("max_detections")):
             return None
-        for name in ("score", "iou"):
-            if t.HasField(name) and not 0.0 <= getattr(t, name) <= 1.0:
-                raise InvalidFrameError(f"thresholds.{name} is {getattr(t, name)}; expected 0..1")
         return pipeline.detector.with_thresholds(
             t.score if t.HasField("score") else None, t.iou if t.HasField("iou") else None,
             t.max_detections if t.HasField("max_detections") and t.max_detections > 0 else None)
 
     async def _answer(self, request: pb.DetectRequest, deadline_s: float | None) -> pb.DetectResponse:
-        """Run one frame; never raises for a frame's own failure (it becomes STATUS_ERROR)."""
+        """Run one frame; never raises for a frame's failure (it becomes STATUS_ERROR; a bug, INTERNAL)."""
         response = pb.DetectResponse(stream_id=request.stream_id, sequence=request.sequence)
         self.frames_started += 1
         try:
             pipeline = self._pipeline(request.model)
             outcome = await pipeline.detect(_frame(request), self._thresholds(pipeline, request), deadline_s)
-        except TrtserveError as exc:
+        except Exception as exc:
+            if not isinstance(exc, TrtserveError):
+                logger.exception("frame %s/%d failed unexpectedly", request.stream_id, request.sequence)
             response.status = pb.STATUS_ERROR
             response.error_code = status_code(exc).name
-            response.reason = str(exc)
+            response.reason = str(exc) if isinstance(exc, TrtserveError) else f"internal error: {exc!r}"
             return response
         self._fill(response, pipeline, outcome)
         return response

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 
 import cv2
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -252,3 +253,92 @@ def test_a_backend_failure_fails_its_batch_and_the_server_keeps_serving(tmp_path
             await server.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest"])
+def test_an_unexpected_failure_is_answered_internal_and_the_stream_goes_on(policy: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the serving path (not a frame's own error) must not hang or end the stream."""
+    from trtserve.pipeline import Pipeline
+
+    frames = [s.image_bgr for s in video_frames(6)]
+    real_detect = Pipeline.detect
+
+    async def flaky(self, frame, thresholds=None, deadline_s=None):  # type: ignore[no-untyped-def]
+        if frame.shape[1] == 479:  # the frames cut one column short stand in for a bug
+            raise RuntimeError("a bug")
+        return await real_detect(self, frame, thresholds, deadline_s)
+
+    monkeypatch.setattr(Pipeline, "detect", flaky)
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            for i, f in enumerate(frames):
+                yield raw_request(f[:, :479].copy() if i % 3 == 1 else f, "cam", i)
+
+        call = stub.StreamDetect(requests(), metadata=(("x-trtserve-overload-policy", policy),))
+        answers = await asyncio.wait_for(asyncio.gather(*[_collect(call)]), 60)
+        statuses = [(a.sequence, a.status, a.error_code) for a in answers[0]]
+        assert [s[0] for s in statuses] == list(range(6))
+        for seq, status, code in statuses:
+            assert (status, code) == ((pb.STATUS_ERROR, "INTERNAL") if seq % 3 == 1 else (pb.STATUS_OK, ""))
+        assert "internal error: RuntimeError('a bug')" in answers[0][1].reason
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Detect(raw_request(frames[0][:, :479].copy(), "one", 0))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+
+    asyncio.run(with_server(test))
+
+
+async def _collect(call) -> list:  # type: ignore[no-untyped-def]
+    return [a async for a in call]
+
+
+def test_the_asyncio_client_streams_frames_beside_their_answers() -> None:
+    from trtserve.client import AsyncDetectionClient, detections_of
+    from trtserve.repository import ModelRepository
+
+    scenes = list(evaluation_set(12))
+
+    async def main() -> None:
+        server = Server(ServerSettings(grpc_port=0, metrics_port=None), ModelRepository(ENGINES))
+        await server.start()
+        try:
+            async with AsyncDetectionClient(f"127.0.0.1:{server.port}", "shapes") as client:
+                async def images() -> AsyncIterator:  # type: ignore[type-arg]
+                    for s in scenes:
+                        yield s.image_bgr
+
+                pairs = [p async for p in client.stream_frames(images(), "cam-async")]
+                assert [a.sequence for _, a in pairs] == list(range(12))
+                assert all(a.status == pb.STATUS_OK and a.stream_id == "cam-async" for _, a in pairs)
+                assert all(f is s.image_bgr for (f, _), s in zip(pairs, scenes))
+                single = await client.detect(scenes[3].image_bgr)
+                np.testing.assert_allclose(detections_of(single).boxes_xyxy,
+                                           detections_of(pairs[3][1]).boxes_xyxy, atol=1e-3)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_per_request_thresholds_apply_and_out_of_range_ones_are_refused() -> None:
+    scene = next(s for s in evaluation_set(20) if len(s.class_ids) >= 3)
+
+    async def test(channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        request = raw_request(scene.image_bgr, "cam", 0)
+        everything = await stub.Detect(request)
+        request.thresholds.max_detections = 1
+        assert len(everything.detections) >= 3 and len((await stub.Detect(request)).detections) == 1
+        for name, value in (("score", 1.5), ("iou", -0.2)):
+            bad = raw_request(scene.image_bgr, "cam", 1)
+            setattr(bad.thresholds, name, value)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Detect(bad)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"thresholds.{name} is" in info.value.details() and "expected 0..1" in info.value.details()
+
+    asyncio.run(with_server(test))

@@ -70,7 +70,22 @@ def test_normalization_matches_the_formula(mean, std, order, layout) -> None:  #
     got = Preprocessor(spec).to_tensor(x)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(Preprocessor(spec).to_tensor(list(x)), got)  # a list of frames: the same
+    strided = np.zeros((2, 8, 16, 3), np.uint8)[:, :, ::2]  # frames that are views with gaps
+    strided[...] = x
+    np.testing.assert_array_equal(Preprocessor(spec).to_tensor(list(strided)), got)
+    half = Preprocessor(spec, np.dtype(np.float16)).to_tensor(x)  # an FP16-input engine
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, got.astype(np.float16))
+
+
+def test_a_frame_of_another_size_is_refused_not_normalized_into_garbage() -> None:
+    from trtserve.config import InputSpec
+    from trtserve.vision.preprocess import Preprocessor
+
+    pre = Preprocessor(InputSpec(None, "nchw", 16, 24, "rgb", 1 / 255, (0.0,) * 3, (1.0,) * 3, 114))
+    for bad in (np.zeros((8, 8, 3), np.uint8), np.zeros((16, 24, 3), np.float32), np.zeros((16, 24, 4), np.uint8)):
+        with pytest.raises(ValueError, match=r"expected uint8\[16, 24, 3\]"):
+            pre.to_tensor([bad])
 
 
 def test_interpolation_is_configurable_and_keeps_the_geometry() -> None:

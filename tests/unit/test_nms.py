@@ -68,3 +68,30 @@ def test_class_ids_of_any_integer_type_and_large_coordinates() -> None:
     classes = rng.integers(0, 80, 200).astype(np.uint8)
     got = nms(boxes, scores, 0.45, classes, max_detections=50).tolist()
     assert got == brute_force_nms(boxes.tolist(), scores.tolist(), 0.45, classes.tolist())[:50]
+
+
+def test_what_opencv_is_given_changes_nothing_about_the_contract() -> None:
+    # negative coordinates: boxes of other classes never suppress each other (OpenCV's class offset assumes x, y >= 0)
+    twins = np.array([[-50, -50, 10, 10], [-50, -50, 10, 10]], float)
+    assert nms(twins, np.array([0.9, 0.8]), 0.45, np.array([0, 1])).tolist() == [0, 1]
+    assert nms(twins, np.array([0.9, 0.8]), 0.45, np.array([3, 3])).tolist() == [0]
+    # scores of any sign, and float64 near-ties, keep their order (OpenCV wants positive float32 scores)
+    apart = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float)
+    assert nms(apart, np.array([0.0, -1.0, 0.5]), 0.5).tolist() == [2, 0, 1]
+    assert nms(apart[:2], np.array([0.5, 0.5 + 1e-12]), 0.5).tolist() == [1, 0]
+    assert nms(apart, np.array([np.nan, 0.2, 0.1]), 0.5).tolist() == [1, 2, 0]
+    # class ids beyond int32 stay distinct classes
+    assert nms(twins, np.array([0.9, 0.8]), 0.45, np.array([2**32, 0], np.int64)).tolist() == [0, 1]
+    assert nms(apart, np.array([0.1, 0.2, 0.3]), 0.5, max_detections=0).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_brute_force_with_negative_coordinates_and_scores(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(1, 150))
+    xy = rng.uniform(-300, 100, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(5, 80, (n, 2))], 1)
+    scores = rng.normal(0, 1, n)
+    classes = rng.integers(-2, 3, n)
+    got = nms(boxes, scores, 0.5, classes).tolist()
+    assert got == brute_force_nms(boxes.tolist(), scores.tolist(), 0.5, classes.tolist())
