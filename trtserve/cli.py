@@ -322,13 +322,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
                               args.server, args.kserve, None if args.raw else 90)
+        server_cpu = r["server_cpu_ms_per_frame"]
         _emit(r, args.json, (
             f"{r['streams']} streams x {r['frames_per_stream']} {r['frames']} frames over {r['protocol']}: "
             f"{r['fps']} frames/s; "
             f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}\n"
             f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
             f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}\n"
-            f"CPU per frame: server {r['server_cpu_ms_per_frame']} ms, client {r['client_cpu_ms_per_frame']} ms, "
+            f"CPU per frame: server {'(not started here)' if server_cpu is None else f'{server_cpu} ms'}, "
+            f"client {r['client_cpu_ms_per_frame']} ms, "
             f"engine alone {r['engine_cpu_ms_per_frame']} ms"
             + (f"; efficiency these allow with every core busy: {r['cpu_bound_efficiency_ceiling']}"
                if r["cpu_bound_efficiency_ceiling"] is not None else "")))

@@ -196,3 +196,20 @@ def test_detect_refuses_a_threshold_out_of_range(tmp_path: Path, capsys: pytest.
     cv2.imwrite(str(image), render_scene(3, 1).image_bgr)
     code, _, err = run(capsys, "detect", str(image), "--score-threshold", "-0.1")
     assert code == 2 and "thresholds.score is -0.1; expected 0..1" in err
+
+
+def test_bench_against_a_running_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trtserve.demo import start_server_process, stop_server_process
+
+    server, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
+    try:
+        code, out, _ = run(capsys, "bench", "--server", address, "--streams", "2", "--frames-per-stream", "8")
+        assert code == 0 and "2 streams x 8 jpeg frames over trtserve.v1" in out and "lost 0" in out
+        assert "CPU per frame: server (not started here), client" in out  # its CPU is not ours to read
+        code, out, _ = run(capsys, "bench", "--server", address, "--streams", "2", "--frames-per-stream", "8",
+                           "--json")
+        r = json.loads(out)
+        assert r["server_cpu_ms_per_frame"] is None and r["cpu_bound_efficiency_ceiling"] is None
+        assert r["answered"] == 32 and r["efficiency"] > 0
+    finally:
+        stop_server_process(server)
