@@ -177,16 +177,22 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
 
 
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
-        server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7
-        ) -> dict[str, Any]:
+        server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7,
+        runs: int = 1) -> dict[str, Any]:
     """Run the load and the raw-engine measurement; returns the report (see the module docstring).
 
-    Two runs: unpaced (peak throughput, efficiency), then paced cameras at ``load_fraction`` of that
-    peak, whose latency percentiles are the ones reported (an unpaced run only measures its own backlog).
+    ``runs`` unpaced runs (peak throughput), each followed by the raw engine measured at the same batch
+    size while the server is idle (so the two never share the CPU, and a slow spell of the machine
+    touches both sides of a pair); throughput, raw figures, efficiency and CPU accounting are the
+    medians over the runs. Then one run of cameras paced at ``load_fraction`` of the median peak, whose
+    latency percentiles are the ones reported (an unpaced run only measures its own backlog).
     ``jpeg_quality`` None sends raw BGR pixels (trtserve.v1 only): what a client that decodes video itself
     sends, and the server then does no JPEG decoding.
     """
+    from contextlib import ExitStack
+
     from trtserve.benchmark import median_seconds
+    from trtserve.client import DetectionClient
     from trtserve.demo import start_server_process, stop_server_process
     from trtserve.detector import Detector
     from trtserve.repository import ModelRepository
@@ -195,77 +201,101 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     if kserve and jpeg_quality is None:
         raise TrtserveError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "
                             "encoded image bytes); drop --raw or --kserve")
+    if runs < 1:
+        raise TrtserveError(f"--repeats {runs}: expected at least 1 run")
     frames = _sample_frames(frames_per_stream, jpeg_quality)
+    config = ModelRepository(repository).get(model)
     process = None
     log = Path("build/bench-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     if server is None:
         process, server = start_server_process(repository, model, precision, log)
+    pairs: list[dict[str, Any]] = []
     try:
-        load = _kserve_load if kserve else _native_load
-        pid = process.pid if process is not None else None
-        result = asyncio.run(load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
-        peak_fps = result["ok"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
-        paced = asyncio.run(load(server, model, streams, frames,  # type: ignore[arg-type]
-                                 streams / (load_fraction * peak_fps))) \
-            if peak_fps and load_fraction > 0 else result
-        from trtserve.client import DetectionClient
-
         with DetectionClient(server, model) as client:
             settings = client.model_info(model).batcher
             max_queue_delay_ms, instances = settings.max_queue_delay_ms, max(1, settings.instances)
+        load = _kserve_load if kserve else _native_load
+        pid = process.pid if process is not None else None
+        with ExitStack() as stack:
+            first = asyncio.run(load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
+            # the engine at the server's mean batch size, two ways: one call on all of ONNX Runtime's threads,
+            # and the server's arrangement (``instances`` calls at once, cores / instances threads each); the
+            # better one is the physical limit
+            batch = max(1, round(first["mean_batch"]))
+            images = [f if isinstance(f, np.ndarray) else
+                      np.asarray(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR))
+                      for f in (list(frames) * batch)[:batch]]
+            one = stack.enter_context(Detector.open(config, precision))
+            arranged = stack.enter_context(Detector.open(config, precision, options=serving_backend_options(instances)))
+            feeds: dict[str, NDArray[np.generic]] = {one.input_name: one.preprocessor.batch(images)[0]}
+
+            def infer_one() -> object:
+                return one.backend.infer(feeds)
+
+            def infer_arranged() -> object:
+                return arranged.backend.infer(feeds)
+
+            batch_s = median_seconds(infer_arranged, repeats=10)
+            for k in range(runs):
+                result = first if k == 0 else asyncio.run(
+                    load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
+                raw_s = median_seconds(infer_one, repeats=20)
+                calls_per_s, cpu_s_per_call = _concurrent_calls(infer_arranged, instances, 10)
+                pairs.append({"load": result, "raw_one_call_fps": batch / raw_s,
+                              "raw_concurrent_fps": calls_per_s * batch, "engine_cpu_s_per_call": cpu_s_per_call})
+            device = arranged.backend.device
+        peak_fps = float(np.median([p["load"]["ok"] / p["load"]["elapsed_s"] for p in pairs]))
+        paced = asyncio.run(load(server, model, streams, frames,  # type: ignore[arg-type]
+                                 streams / (load_fraction * peak_fps))) if load_fraction > 0 else pairs[0]["load"]
     finally:
         if process is not None:
             stop_server_process(process)
-    sent = streams * frames_per_stream
-    fps = result["ok"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
-    batch = max(1, round(result["mean_batch"]))
-    config = ModelRepository(repository).get(model)
-    images = [f if isinstance(f, np.ndarray) else np.asarray(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR))
-              for f in frames[:batch]]
-    while len(images) < batch:
-        images += images[: batch - len(images)]
-    # the engine alone, two ways: one call on all of ONNX Runtime's threads, and the server's own arrangement
-    # (``instances`` calls at once, cores / instances threads each); the better one is the physical limit
-    with Detector.open(config, precision) as detector:
-        tensor, _ = detector.preprocessor.batch(images)
-        raw_s = median_seconds(lambda: detector.backend.infer({detector.input_name: tensor}), repeats=20)
-    with Detector.open(config, precision, options=serving_backend_options(instances)) as d:
-        batch_s = median_seconds(lambda: d.backend.infer({d.input_name: tensor}), repeats=10)
-        calls_per_s, cpu_s_per_call = _concurrent_calls(lambda: d.backend.infer({d.input_name: tensor}), instances, 10)
-        device = d.backend.device
-    concurrent_fps = calls_per_s * batch
-    raw_fps = max(batch / raw_s, concurrent_fps)
-    # where each answered frame's CPU went. On a CPU backend whose engine alone keeps every core busy (the
-    # server's arrangement, measured above), efficiency can reach at most the engine's share of it (the rest
-    # is decoding, letterboxing, NMS, gRPC on both ends): an estimate, not a bound, when the raw figure
-    # comes from one call that leaves cores idle
-    answered = max(1, result["ok"] + result["dropped"] + result["errors"])
-    engine_ms, client_ms = 1000 * cpu_s_per_call / batch, 1000 * result["client_cpu_s"] / answered
-    server_ms = 1000 * result["server_cpu_s"] / answered if result["server_cpu_s"] is not None else None
-    ceiling = engine_ms / (server_ms + client_ms) if server_ms and device == "cpu" else None
+
+    def answered(r: dict[str, Any]) -> int:
+        return int(r["ok"] + r["dropped"] + r["errors"])
+
+    for p in pairs:
+        r = p["load"]
+        p["fps"] = r["ok"] / r["elapsed_s"]
+        p["raw_fps"] = max(p["raw_one_call_fps"], p["raw_concurrent_fps"])
+        p["efficiency"] = p["fps"] / p["raw_fps"]
+        # where each answered frame's CPU went. On a CPU backend whose engine alone keeps every core busy (the
+        # server's arrangement, measured above), efficiency can reach at most the engine's share of it (the
+        # rest is decoding, letterboxing, NMS, gRPC on both ends): an estimate, not a bound, when the raw
+        # figure comes from one call that leaves cores idle
+        p["engine_ms"] = 1000 * p["engine_cpu_s_per_call"] / batch
+        p["client_ms"] = 1000 * r["client_cpu_s"] / max(1, answered(r))
+        p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, answered(r)) if r["server_cpu_s"] is not None else None
+        p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
+                        if p["server_ms"] and device == "cpu" else None)
+
+    def median(key: str, digits: int) -> float | None:
+        values = [p[key] for p in pairs]
+        return None if None in values else round(float(np.median(values)), digits)
+
+    loads = [p["load"] for p in pairs]
     lat = paced["latencies"]
-    bound_ms = max_queue_delay_ms + 3 * 1000 * batch_s  # one batch as the server computes it
+    sent = streams * frames_per_stream * (runs + 1)
     return {
         "protocol": "kserve" if kserve else "trtserve.v1", "frames": "raw" if jpeg_quality is None else "jpeg",
-        "streams": streams, "frames_per_stream": frames_per_stream,
-        "frames_sent": 2 * sent,
-        "answered": sum(r["ok"] + r["dropped"] + r["errors"] for r in (result, paced)),
-        "fps": round(fps, 1), "raw_backend_fps": round(raw_fps, 1),
-        "raw_one_call_fps": round(batch / raw_s, 1), "raw_concurrent_fps": round(concurrent_fps, 1),
+        "streams": streams, "frames_per_stream": frames_per_stream, "runs": runs,
+        "frames_sent": sent, "answered": sum(answered(r) for r in (*loads, paced)),
+        "fps": median("fps", 1), "raw_backend_fps": median("raw_fps", 1),
+        "raw_one_call_fps": median("raw_one_call_fps", 1), "raw_concurrent_fps": median("raw_concurrent_fps", 1),
         "instances": instances, "batch_compute_ms": round(batch_s * 1000, 2),
-        "efficiency": round(fps / raw_fps, 3) if raw_fps else 0.0,
+        "efficiency": median("efficiency", 3), "efficiency_runs": [round(p["efficiency"], 3) for p in pairs],
         "p50_ms": _percentile_ms(lat, 50), "p95_ms": _percentile_ms(lat, 95), "p99_ms": _percentile_ms(lat, 99),
         "latency_load_fraction": load_fraction, "paced_fps": round(paced["ok"] / paced["elapsed_s"], 1),
-        "p99_bound_ms": round(bound_ms, 2), "peak_p99_ms": _percentile_ms(result["latencies"], 99),
-        "mean_batch": round(result["mean_batch"], 2), "raw_batch": batch,
-        "dropped": result["dropped"] + paced["dropped"], "errors": result["errors"] + paced["errors"],
-        "lost": 2 * sent - sum(r["ok"] + r["dropped"] + r["errors"] for r in (result, paced)),
+        "p99_bound_ms": round(max_queue_delay_ms + 3 * 1000 * batch_s, 2),  # one batch as the server computes it
+        "peak_p99_ms": _percentile_ms(loads[0]["latencies"], 99),
+        "mean_batch": round(float(np.median([r["mean_batch"] for r in loads])), 2), "raw_batch": batch,
+        "dropped": sum(r["dropped"] for r in (*loads, paced)), "errors": sum(r["errors"] for r in (*loads, paced)),
+        "lost": sent - sum(answered(r) for r in (*loads, paced)),
         "max_queue_delay_ms": max_queue_delay_ms,
-        "engine_device": device, "engine_cpu_ms_per_frame": round(engine_ms, 3),
-        "client_cpu_ms_per_frame": round(client_ms, 3),
-        "server_cpu_ms_per_frame": round(server_ms, 3) if server_ms is not None else None,
-        "cpu_bound_efficiency_ceiling": round(ceiling, 3) if ceiling is not None else None,
+        "engine_device": device, "engine_cpu_ms_per_frame": median("engine_ms", 3),
+        "client_cpu_ms_per_frame": median("client_ms", 3), "server_cpu_ms_per_frame": median("server_ms", 3),
+        "cpu_bound_efficiency_ceiling": median("ceiling", 3),
     }
 
 

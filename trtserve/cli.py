@@ -298,7 +298,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     shadow = args.what == "streams" and args.shadow_rate is not None
     args.precision = args.precision or ("int8" if shadow else "fp32")
-    args.repeats = args.repeats or (2 if shadow else 20)
+    args.repeats = args.repeats or (2 if shadow else 1 if args.what == "streams" else 20)
     if shadow:
         from trtserve import bench_streams
 
@@ -321,12 +321,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from trtserve import bench_streams
 
         r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
-                              args.server, args.kserve, None if args.raw else 90)
+                              args.server, args.kserve, None if args.raw else 90, runs=args.repeats)
         server_cpu = r["server_cpu_ms_per_frame"]
         _emit(r, args.json, (
             f"{r['streams']} streams x {r['frames_per_stream']} {r['frames']} frames over {r['protocol']}: "
             f"{r['fps']} frames/s; "
-            f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}\n"
+            f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}"
+            + (f" (medians of {r['runs']} runs; efficiency per run {r['efficiency_runs']})" if r["runs"] > 1 else "")
+            + "\n"
             f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
             f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}\n"
             f"CPU per frame: server {'(not started here)' if server_cpu is None else f'{server_cpu} ms'}, "
@@ -510,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timing repeats (default 20); with --shadow-rate: off/on pairs (default 2, at most 5)")
+                   help="bench throughput: timing repeats (default 20); bench streams: load runs, each beside the "
+                        "raw engine, medians reported (default 1); with --shadow-rate: off/on pairs (default 2, "
+                        "at most 5)")
     p.add_argument("--precision", choices=["fp32", "int8"], default=None,
                    help="default fp32; int8 with --shadow-rate (the shadow is FP32)")
     p.add_argument("--shadow-rate", type=float, metavar="R",
