@@ -247,7 +247,8 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
             device = arranged.backend.device
         peak_fps = float(np.median([p["load"]["ok"] / p["load"]["elapsed_s"] for p in pairs]))
         paced = asyncio.run(load(server, model, streams, frames,  # type: ignore[arg-type]
-                                 streams / (load_fraction * peak_fps))) if load_fraction > 0 else pairs[0]["load"]
+                                 streams / (load_fraction * peak_fps))) \
+            if peak_fps and load_fraction > 0 else pairs[0]["load"]  # nothing answered: no pace to set
     finally:
         if process is not None:
             stop_server_process(process)
