@@ -22,16 +22,8 @@ from trtserve.drift import DriftMonitor
 from trtserve.errors import ModelNotFoundError, code_name
 from trtserve.heads import Detections, Thresholds
 from trtserve.metrics import Metrics, ModelMetrics
+from trtserve.server_config import BatcherConfig
 from trtserve.vision.letterbox import Letterbox
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
-    max_queue_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = ()
-    instances: int = 2  # batches in the backend at once: one computes while the next is assembled
 
 
 @dataclass(frozen=True)

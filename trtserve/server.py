@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,10 @@ from trtserve.drift import DriftMonitor
 from trtserve.grpc_metrics import MetricsInterceptor
 from trtserve.kserve import KServeService
 from trtserve.metrics import Metrics, device_collectors, start_metrics_http
-from trtserve.pipeline import BatcherConfig, Pipeline
+from trtserve.pipeline import Pipeline
 from trtserve.repository import ModelRepository
-from trtserve.security import (
-    HEALTH_SERVICE,
-    REFLECTION_SERVICES,
-    TlsSettings,
-    TokenAuthInterceptor,
-    load_tokens,
-    server_credentials,
-)
+from trtserve.security import TokenAuthInterceptor, load_tokens, server_credentials
+from trtserve.server_config import ServerSettings
 from trtserve.service import DetectionService
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
@@ -46,29 +38,6 @@ def serving_backend_options(instances: int, intra_op_threads: int = 0) -> Backen
     ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs."""
     threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
     return BackendOptions(intra_op_threads=threads, spin_wait=False)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    models: tuple[str, ...] = ("shapes",)
-    precision: str = "fp32"
-    host: str = "127.0.0.1"
-    grpc_port: int = 8001  # 0: any free port
-    batcher: BatcherConfig = field(default_factory=BatcherConfig)
-    workers: int = 2
-    intra_op_threads: int = 0  # ONNX Runtime threads per batch; 0: the host's cores / batcher.instances
-    grace_period_s: float = 10.0
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_streams: int = 100  # per connection (HTTP/2 streams)
-    stream_max_in_flight: int = 4  # frames of one StreamDetect call in the pipeline at once
-    tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
-    tokens_file: Path | None = None  # bearer-token auth when set
-    auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
-    metrics_port: int | None = 8002  # Prometheus /metrics; 0: any free port; None: off
-    metrics_host: str | None = None  # None: the same as host
-    device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
-    drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
-    drift_overrides: Mapping[str, Any] = field(default_factory=dict)  # env / flag drift keys: over model.yaml too
 
 
 class Server:

@@ -8,17 +8,51 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trtserve.config import PRECISIONS, YamlReader, apply_drift_block
+from trtserve.config import PRECISIONS, DriftSpec, YamlReader, apply_drift_block
 from trtserve.errors import ConfigError
-from trtserve.pipeline import BatcherConfig
-from trtserve.security import TlsSettings
-from trtserve.server import ServerSettings
+from trtserve.security import HEALTH_SERVICE, REFLECTION_SERVICES, TlsSettings
+
+# The settings live here, not beside the server and the pipeline that use them: `trtserve health` (the probe
+# containers run every 15 s) reads the config without loading OpenCV, NumPy, ONNX Runtime or the model code.
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instances: int = 2  # batches in the backend at once: one computes while the next is assembled
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    models: tuple[str, ...] = ("shapes",)
+    precision: str = "fp32"
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001  # 0: any free port
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    workers: int = 2
+    intra_op_threads: int = 0  # ONNX Runtime threads per batch; 0: the host's cores / batcher.instances
+    grace_period_s: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_streams: int = 100  # per connection (HTTP/2 streams)
+    stream_max_in_flight: int = 4  # frames of one StreamDetect call in the pipeline at once
+    tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
+    tokens_file: Path | None = None  # bearer-token auth when set
+    auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
+    metrics_port: int | None = 8002  # Prometheus /metrics; 0: any free port; None: off
+    metrics_host: str | None = None  # None: the same as host
+    device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
+    drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
+    drift_overrides: Mapping[str, Any] = field(default_factory=dict)  # env / flag drift keys: over model.yaml too
+
 
 _TOP = {"models", "precision", "host", "grpc_port", "workers", "intra_op_threads", "grace_period_s",
         "max_message_bytes", "batcher", "max_concurrent_streams", "stream_max_in_flight", "tls", "auth",
