@@ -15,7 +15,6 @@ batching (elements of concurrent requests are batched together).
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -29,9 +28,8 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from trtserve import __version__
 from trtserve.errors import InvalidFrameError, TrtserveError
 from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
-from trtserve.service import answer_in_order, status_code
+from trtserve.service import answer_in_order, public_reason, status_code
 
-logger = logging.getLogger(__name__)
 INPUT_NAME = "IMAGE"
 OUTPUT_DETECTIONS = "DETECTIONS"
 OUTPUT_COUNT = "NUM_DETECTIONS"
@@ -156,19 +154,15 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request)
         except Exception as exc:
-            if not isinstance(exc, TrtserveError):
-                logger.exception("ModelInfer request %r failed unexpectedly", request.id)
-            await context.abort(status_code(exc), str(exc) if isinstance(exc, TrtserveError)
-                                else f"internal error: {exc!r}")
+            await context.abort(status_code(exc), public_reason(exc, f"ModelInfer request {request.id!r}"))
             raise
 
     async def _stream_answer(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
             return kpb.ModelStreamInferResponse(infer_response=await self._infer(request))
         except Exception as exc:  # the stream goes on; this request gets its error (a bug: INTERNAL)
-            if not isinstance(exc, TrtserveError):
-                logger.exception("ModelStreamInfer request %r failed unexpectedly", request.id)
-            return kpb.ModelStreamInferResponse(error_message=f"{status_code(exc).name}: {exc}")
+            reason = public_reason(exc, f"ModelStreamInfer request {request.id!r}")
+            return kpb.ModelStreamInferResponse(error_message=f"{status_code(exc).name}: {reason}")
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[kpb.ModelInferRequest],  # noqa: N802
                                context: grpc.aio.ServicerContext) -> AsyncIterator[kpb.ModelStreamInferResponse]:

@@ -33,6 +33,15 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code_name(error), grpc.StatusCode.INTERNAL)
 
 
+def public_reason(error: Exception, what: str) -> str:
+    """What the client is told: a trtserve error's own message; for anything else (a bug) that it was internal,
+    after logging the traceback as ``what`` having failed. Call it inside the ``except`` block."""
+    if isinstance(error, TrtserveError):
+        return str(error)
+    logger.exception("%s failed unexpectedly", what)
+    return f"internal error: {error!r}"
+
+
 def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
     kind = request.image.WhichOneof("data")
     if kind == "encoded":
@@ -117,11 +126,9 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
             pipeline = self._pipeline(request.model)
             outcome = await pipeline.detect(_frame(request), self._thresholds(pipeline, request), deadline_s)
         except Exception as exc:
-            if not isinstance(exc, TrtserveError):
-                logger.exception("frame %s/%d failed unexpectedly", request.stream_id, request.sequence)
             response.status = pb.STATUS_ERROR
             response.error_code = status_code(exc).name
-            response.reason = str(exc) if isinstance(exc, TrtserveError) else f"internal error: {exc!r}"
+            response.reason = public_reason(exc, f"frame {request.stream_id}/{request.sequence}")
             return response
         self._fill(response, pipeline, outcome)
         return response
