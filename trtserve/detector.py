@@ -142,13 +142,6 @@ class Detector:
             return self.preprocessor.letterbox_one(image, original_hw=original_hw)
         return self.letterbox(check_frame(frame, self.config.max_frame_pixels))
 
-    def infer_batch(self, frames: list[NDArray[np.uint8]], thresholds: Thresholds | None = None
-                    ) -> list[Detections]:
-        """Run checked frames (at most max_batch_size) through the model; errors fail the whole batch."""
-        boxed = [self.letterbox(f) for f in frames]
-        return self.infer_letterboxed([b[0] for b in boxed], [b[1] for b in boxed],
-                                      [thresholds or self.thresholds] * len(frames))
-
     def infer_letterboxed(self, images: Sequence[NDArray[np.uint8]], geometries: Sequence[Letterbox],
                           thresholds: Sequence[Thresholds]) -> list[Detections]:
         """Letterboxed frames (at most max_batch_size) -> detections, each frame with its own thresholds.

@@ -39,7 +39,6 @@ class BackendOptions:
     spin_wait: bool = True
     precision: str = "fp32"  # set by Detector.open; tells onnxruntime's TensorRT provider what to enable
     execution_contexts: int = 0  # tensorrt: concurrent batches (0: one per optimization profile of the engine)
-    engine_cache_dir: Path | None = None  # onnxruntime's TensorRT provider: where it keeps built engines
 
 
 class Backend(abc.ABC):

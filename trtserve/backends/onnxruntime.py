@@ -89,8 +89,7 @@ class OnnxRuntimeBackend(Backend):
         if "TensorrtExecutionProvider" in wanted:
             from trtserve.doctor import first_gpu
 
-            cache = self.options.engine_cache_dir or ort_cache_dir(self.model_path, self.options.precision,
-                                                                   ort.__version__, first_gpu())
+            cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, first_gpu())
             cache.mkdir(parents=True, exist_ok=True)
             chosen = provider_options(wanted, self.options.precision, cache, ort.__version__)
         try:
