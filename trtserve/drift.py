@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,13 +58,17 @@ def qdq_ranges(model_path: Path) -> dict[str, Range]:
     from onnx import numpy_helper
 
     model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}  # converted only where a scale or zero point is read
+
+    def value(name: str) -> NDArray[Any] | None:
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
     ranges: dict[str, Range] = {}
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits:
             continue
-        scale = inits.get(node.input[1])
-        zero = inits.get(node.input[2]) if len(node.input) > 2 else np.array(0, np.uint8)
+        scale = value(node.input[1])
+        zero = value(node.input[2]) if len(node.input) > 2 else np.array(0, np.uint8)
         if scale is None or zero is None or scale.size != 1:
             continue  # computed or per-channel activation scales: not a calibrated range we can read
         info = np.iinfo(zero.dtype)
@@ -321,7 +326,6 @@ class DriftMonitor:
                  ranges_source: str, executor: ProcessPoolExecutor,
                  on_verdict: Callable[[bool], None] | None = None) -> None:
         self.served = served
-        self.shadow = shadow
         self.spec = spec
         self.ranges_source = ranges_source
         self._executor = executor

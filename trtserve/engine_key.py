@@ -120,7 +120,7 @@ def record_path(plan: Path) -> Path:
 
 
 def write_record(plan: Path, record: EngineRecord) -> Path:
-    from trtserve.calibration import atomic_write_bytes
+    from calibrators.files import atomic_write_bytes
 
     path = record_path(plan)
     atomic_write_bytes(path, (json.dumps(asdict(record), indent=2, sort_keys=True) + "\n").encode())

@@ -236,7 +236,7 @@ class TensorRTBackend(Backend):
         slot = _Slot(context, profile, cuda.stream_create())
         self._all_pending = slot
         context.set_optimization_profile_async(profile, _stream_handle(slot.stream))
-        for t in (t for t in self._tensors if t.is_input):
+        for t in self._input_tensors:
             if not self._api.set_input_shape(slot, t, t.max_shape):
                 raise ModelLoadError(f"TensorRT refused shape {list(t.max_shape)} for input '{t.name}'")
         for t in self._tensors:  # outputs at max batch give the buffer sizes

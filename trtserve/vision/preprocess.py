@@ -18,8 +18,11 @@ class Preprocessor:
     def __init__(self, spec: InputSpec, dtype: np.dtype | None = None) -> None:
         self.spec = spec
         self.dtype = dtype if dtype is not None else np.dtype(np.float32)
-        self._mean = np.array(spec.mean, np.float32)
-        self._inv_std = 1.0 / np.array(spec.std, np.float32)
+        # x * scale/std - mean/std per channel, in the model's colour order: fixed per model, not per batch
+        inv_std = 1.0 / np.array(spec.std, np.float32)
+        self._alpha = np.float32(spec.scale) * inv_std
+        self._beta = np.array(spec.mean, np.float32) * inv_std
+        self._order = (2, 1, 0) if spec.color_order == "rgb" else (0, 1, 2)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -39,10 +42,7 @@ class Preprocessor:
         h, w = self.input_hw
         n = len(letterboxed)
         tensor = np.empty((n, 3, h, w) if self.spec.layout == "nchw" else (n, h, w, 3), self.dtype)
-        # x * scale/std - mean/std per channel, in the model's colour order
-        order = (2, 1, 0) if self.spec.color_order == "rgb" else (0, 1, 2)
-        alpha = np.float32(self.spec.scale) * self._inv_std
-        beta = self._mean * self._inv_std
+        order, alpha, beta = self._order, self._alpha, self._beta
         for frame, dst in zip(letterboxed, tensor):
             if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
                 raise ValueError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
