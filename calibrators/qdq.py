@@ -91,14 +91,11 @@ def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
 
     dq_of = {t: activation_qdq(t) for t in plan.activations}
     for node in graph.node:
-        if node.name in excluded and plan.profile != "onnxruntime":
-            continue
-        takes_quantized = node.name in weighted or (
-            node.op_type == "Add" and all(i not in inits for i in node.input)
-            and any(i in quantized_inputs for i in node.input))
-        if plan.profile == "onnxruntime":
-            takes_quantized = True
-        if not takes_quantized:
+        # onnxruntime: every consumer (excluded ones too) reads the Q/DQ copy; tensorrt: only the layers it runs
+        # quantized (weighted ones, and an Add of two quantized activations), and none that is excluded
+        if plan.profile != "onnxruntime" and (node.name in excluded or not (node.name in weighted or (
+                node.op_type == "Add" and all(i not in inits for i in node.input)
+                and any(i in quantized_inputs for i in node.input)))):
             continue
         for k, name in enumerate(node.input):
             if name in dq_of and not (node.name in weighted and k > 0):

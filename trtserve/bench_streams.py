@@ -45,6 +45,11 @@ def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int)
         return calls / (time.perf_counter() - t0), (time.process_time() - cpu0) / calls
 
 
+def _answered(load: dict[str, Any]) -> int:
+    """Frames of a load run that got an answer of any kind (detections, DROPPED or an error)."""
+    return int(load["ok"] + load["dropped"] + load["errors"])
+
+
 def _percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.array(values) * 1000, q)), 2) if values else 0.0
 
@@ -253,9 +258,6 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         if process is not None:
             stop_server_process(process)
 
-    def answered(r: dict[str, Any]) -> int:
-        return int(r["ok"] + r["dropped"] + r["errors"])
-
     for p in pairs:
         r = p["load"]
         p["fps"] = r["ok"] / r["elapsed_s"]
@@ -266,8 +268,8 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         # rest is decoding, letterboxing, NMS, gRPC on both ends): an estimate, not a bound, when the raw
         # figure comes from one call that leaves cores idle
         p["engine_ms"] = 1000 * p["engine_cpu_s_per_call"] / batch
-        p["client_ms"] = 1000 * r["client_cpu_s"] / max(1, answered(r))
-        p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, answered(r)) if r["server_cpu_s"] is not None else None
+        p["client_ms"] = 1000 * r["client_cpu_s"] / max(1, _answered(r))
+        p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, _answered(r)) if r["server_cpu_s"] is not None else None
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
 
@@ -281,7 +283,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     return {
         "protocol": "kserve" if kserve else "trtserve.v1", "frames": "raw" if jpeg_quality is None else "jpeg",
         "streams": streams, "frames_per_stream": frames_per_stream, "runs": runs,
-        "frames_sent": sent, "answered": sum(answered(r) for r in (*loads, paced)),
+        "frames_sent": sent, "answered": sum(_answered(r) for r in (*loads, paced)),
         "fps": median("fps", 1), "raw_backend_fps": median("raw_fps", 1),
         "raw_one_call_fps": median("raw_one_call_fps", 1), "raw_concurrent_fps": median("raw_concurrent_fps", 1),
         "instances": instances, "batch_compute_ms": round(batch_s * 1000, 2),
@@ -292,7 +294,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         "peak_p99_ms": _percentile_ms(loads[0]["latencies"], 99),
         "mean_batch": round(float(np.median([r["mean_batch"] for r in loads])), 2), "raw_batch": batch,
         "dropped": sum(r["dropped"] for r in (*loads, paced)), "errors": sum(r["errors"] for r in (*loads, paced)),
-        "lost": sent - sum(answered(r) for r in (*loads, paced)),
+        "lost": sent - sum(_answered(r) for r in (*loads, paced)),
         "max_queue_delay_ms": max_queue_delay_ms,
         "engine_device": device, "engine_cpu_ms_per_frame": median("engine_ms", 3),
         "client_cpu_ms_per_frame": median("client_ms", 3), "server_cpu_ms_per_frame": median("server_ms", 3),
@@ -348,8 +350,7 @@ def run_shadow(repository: Path | None, model: str, precision: str, streams: int
                 if mode == "on":
                     drift = info.drift
                 runs[mode].append({"fps": fps, "p99_ms": _percentile_ms(paced["latencies"], 99),
-                                   "lost": 2 * streams * frames_per_stream - sum(
-                                       r["ok"] + r["dropped"] + r["errors"] for r in (peak, paced)),
+                                   "lost": 2 * streams * frames_per_stream - _answered(peak) - _answered(paced),
                                    "samples": info.drift.samples, "skipped": info.drift.skipped})
             finally:
                 stop_server_process(process)

@@ -165,6 +165,10 @@ def test_bench_refuses_raw_frames_over_kserve(capsys: pytest.CaptureFixture[str]
     assert code == 2 and "--raw frames are benchmarked over trtserve.v1 only" in err and "drop --raw or --kserve" in err
 
 
+def minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])  # minflt (man proc)
+
+
 def test_steady_serving_does_not_fault_memory_in_per_batch(tmp_path: Path) -> None:
     """Normalizing with blobFromImage per frame + concatenate cost ~270 page faults per frame in the server."""
     import asyncio
@@ -176,9 +180,9 @@ def test_steady_serving_does_not_fault_memory_in_per_batch(tmp_path: Path) -> No
     process, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
     try:
         asyncio.run(_native_load(address, "shapes", 8, frames))  # warm-up: the heap grows to its working set
-        before = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        before = minor_faults(process.pid)
         result = asyncio.run(_native_load(address, "shapes", 8, frames))
-        after = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        after = minor_faults(process.pid)
     finally:
         stop_server_process(process)
     assert result["ok"] == 8 * len(frames)

@@ -54,9 +54,7 @@ def decode_for_input(data: bytes, max_pixels: int, needed_wh: Callable[[int, int
     header = jpeg_header(data) if len(data) <= MAX_ENCODED_BYTES else None
     if header is not None and header[2] == 3:
         width, height, _ = header
-        if width * height > max_pixels:
-            raise InvalidFrameError(f"frame of {width}x{height} = {width * height} pixels exceeds the limit of "
-                                    f"{max_pixels}; downscale it or raise max_frame_pixels in model.yaml")
+        _check_pixels(width, height, max_pixels)
         need_w, need_h = needed_wh(width, height)
         for factor, flag in _REDUCED:
             w, h = -(-width // factor), -(-height // factor)  # libjpeg rounds scaled sizes up
@@ -83,10 +81,14 @@ def check_frame(frame: NDArray[np.generic], max_pixels: int) -> NDArray[np.uint8
     h, w = int(frame.shape[0]), int(frame.shape[1])
     if h == 0 or w == 0:
         raise InvalidFrameError(f"frame is empty ({w}x{h} pixels)")
-    if h * w > max_pixels:
-        raise InvalidFrameError(f"frame of {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels}; "
-                                "downscale it or raise max_frame_pixels in model.yaml")
+    _check_pixels(w, h, max_pixels)
     return frame  # type: ignore[return-value]
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InvalidFrameError(f"frame of {width}x{height} = {width * height} pixels exceeds the limit of "
+                                f"{max_pixels}; downscale it or raise max_frame_pixels in model.yaml")
 
 
 def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
