@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.heads import Detections
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
+from trtserve.vision.detections import Detections
 
 T = TypeVar("T")
 

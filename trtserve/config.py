@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from trtserve.backends.registry import BACKENDS
 from trtserve.errors import ConfigError
+from trtserve.heads.registry import AUTO, HEADS, head_types
 
-HEAD_TYPES = ("auto", "yolov8", "yolov5", "end2end", "raw")
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
 # artifact keys besides precisions: the TensorRT-placement Q/DQ model and TensorRT calibration caches
 ARTIFACT_KEY = re.compile(r"^(fp16|int8|int8_tensorrt|calibration_cache_\d+)$")
 
@@ -93,7 +93,7 @@ def read_drift(reader: YamlReader, base: DriftSpec) -> DriftSpec:
         sample_rate=d.number("sample_rate", base.sample_rate, lo=0.0, hi=1.0),
         max_pending=d.number("max_pending", base.max_pending, lo=1, hi=1024, integer=True),
         shadow_precision=d.choice("shadow_precision", PRECISIONS, base.shadow_precision),
-        shadow_backend=d.get("shadow_backend", str, base.shadow_backend, "a backend name"),
+        shadow_backend=d.choice("shadow_backend", BACKENDS.names(), base.shadow_backend),
         shadow_providers=names("shadow_providers", base.shadow_providers),
         shadow_threads=d.number("shadow_threads", base.shadow_threads, lo=0, hi=256, integer=True),
         iou_threshold=d.number("iou_threshold", base.iou_threshold, lo=0.05, hi=1.0),
@@ -259,7 +259,7 @@ def load_model_config(path: Path) -> ModelConfig:
 
     head = YamlReader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)
     head_spec = HeadSpec(
-        type=head.choice("type", HEAD_TYPES, "auto"),
+        type=head.choice("type", head_types(), AUTO),
         score_threshold=head.number("score_threshold", 0.25, lo=0.0, hi=1.0),
         iou_threshold=head.number("iou_threshold", 0.45, lo=0.0, hi=1.0),
         max_detections=head.number("max_detections", 100, lo=1, hi=100000, integer=True),
@@ -271,7 +271,7 @@ def load_model_config(path: Path) -> ModelConfig:
         top.fail("classes", classes, "a list of non-empty strings")
     if len(set(classes)) != len(classes):
         top.fail("classes", classes, "distinct class names")
-    if head_spec.type in ("yolov8", "yolov5") and not classes:
+    if not classes and head_spec.type != AUTO and HEADS.load(head_spec.type).needs_classes:
         top.fail("classes", classes, f"a non-empty list for head type '{head_spec.type}'")
 
     artifacts_raw = top.get("artifacts", dict, {}, "a mapping of precision to file")
@@ -318,6 +318,6 @@ def load_model_config(path: Path) -> ModelConfig:
         source_file=path,
         quantization=quantization,
         drift=drift,
-        backend=top.choice("backend", BACKENDS, "onnxruntime"),
+        backend=top.choice("backend", BACKENDS.names(), "onnxruntime"),
         engine=engine,
     )

@@ -14,10 +14,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends import Backend, BackendOptions, backend_class
+from trtserve.backends.base import Backend, BackendOptions
+from trtserve.backends.registry import backend_class
 from trtserve.config import ModelConfig
 from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
-from trtserve.heads import Detections, Head, Thresholds, make_head
+from trtserve.heads.base import Head, Thresholds
+from trtserve.heads.factory import make_head
+from trtserve.vision.detections import Detections
 from trtserve.vision.frames import check_frame, decode_for_input, decode_image
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.preprocess import Preprocessor

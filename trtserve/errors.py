@@ -56,8 +56,26 @@ class NotServingError(RequestError):
     grpc_code = "UNAVAILABLE"
 
 
+class CalibrationInputError(RequestError):
+    """Calibration was given frames it cannot use (a missing folder or video, no readable image, a bad batch)."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class UsageError(RequestError):
+    """A command was called with arguments that do not fit together; the message says what to pass instead."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
 class ServerError(TrtserveError):
     """A model or the server cannot go on (bad configuration, a model that will not load)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class RemoteCallError(ServerError):
+    """A call to a trtserve server failed (a client command): the message carries the server's code and reason."""
 
     grpc_code = "UNAVAILABLE"
 

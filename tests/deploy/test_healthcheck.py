@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from trtserve.cli import main
-from trtserve.healthcheck import check_health, default_address
+from trtserve.deploy.health import check_health, default_address
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ import yaml
 
 from tests.deploy import kustomize_py
 from tests.deploy.conftest import K8S, OVERLAYS, ROOT, real_kustomize, render_with
-from trtserve.deploy import resolved_settings
-from trtserve.server import ServerSettings
+from trtserve.deploy.entrypoint import resolved_settings
+from trtserve.serving.server import ServerSettings
 
 # Oldest Kubernetes minor these manifests support (native gRPC probes are GA since 1.27); the schemas come
 # with kubernetes-validate, offline.
@@ -243,7 +243,7 @@ def test_prometheusrule_wraps_the_alert_rule_groups() -> None:
     alerts = ROOT / "monitoring" / "alerts.yml"
     if not alerts.is_file():
         pytest.skip("monitoring/alerts.yml (the metrics issue) is not in this tree; nothing to compare yet")
-    from trtserve.deploy import prometheus_rule
+    from trtserve.deploy.entrypoint import prometheus_rule
 
     assert rule["spec"]["groups"] == prometheus_rule(alerts)["spec"]["groups"], (
         "k8s/components/prometheus-operator/prometheusrule.yaml is stale: regenerate it with "
@@ -252,7 +252,7 @@ def test_prometheusrule_wraps_the_alert_rule_groups() -> None:
 
 
 def test_prometheusrule_generator(tmp_path: Path) -> None:
-    from trtserve.deploy import prometheus_rule
+    from trtserve.deploy.entrypoint import prometheus_rule
     from trtserve.errors import TrtserveError
 
     groups = [{"name": "trtserve", "rules": [{"alert": "X", "expr": "up == 0", "for": "5m"}]}]

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from trtserve.backends import BackendOptions
+from trtserve.backends.base import BackendOptions
+from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
-from trtserve.synthetic import evaluation_set
 
 ort = pytest.importorskip("onnxruntime")
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
-from trtserve.engine_build import TrtVersion, build_engine
-from trtserve.engine_key import BuildSettings
 from trtserve.repository import ModelRepository
-from trtserve.synthetic import evaluation_set
+from trtserve.tensorrt.builder import TrtVersion, build_engine
+from trtserve.tensorrt.keys import BuildSettings
 
 from ..conftest import ENGINES
 
@@ -24,7 +24,7 @@ trt = pytest.importorskip("tensorrt", reason="TensorRT Python bindings not insta
 
 def _gpu_ready() -> str | None:
     try:
-        from trtserve.cuda_runtime import CudaRuntime
+        from trtserve.tensorrt.cuda import CudaRuntime
 
         CudaRuntime().device()
     except Exception as exc:

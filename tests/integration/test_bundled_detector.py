@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from trtserve.config import load_model_config
+from trtserve.datasets.synthetic import evaluation_set, render_scene
 from trtserve.detector import Detector
 from trtserve.errors import InvalidFrameError, ModelLoadError
-from trtserve.synthetic import evaluation_set, render_scene
 from trtserve.vision.matching import MatchCounts, match
 
 from ..conftest import ENGINES

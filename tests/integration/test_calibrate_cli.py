@@ -12,7 +12,7 @@ from calibrators.files import atomic_write_bytes
 from calibrators.trt_cache import read_cache
 from trtserve.cli import main
 from trtserve.config import load_model_config
-from trtserve.synthetic import CALIBRATION_SEED, render_scene
+from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene
 
 from ..conftest import ENGINES
 

@@ -12,7 +12,7 @@ import pytest
 from calibrators.calibrate import CalibrationResult, calibrate, prepare_model
 from calibrators.graph import WEIGHTED_OPS
 from calibrators.qdq import write_qdq
-from trtserve.synthetic import CALIBRATION_SEED, render_scene
+from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene
 from trtserve.vision.preprocess import Preprocessor
 
 from ..conftest import ENGINES

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from trtserve.bench.demo import SAMPLE_FRAMES
 from trtserve.cli import main
-from trtserve.demo import SAMPLE_FRAMES
-from trtserve.synthetic import render_scene
+from trtserve.datasets.synthetic import render_scene
 
 from ..conftest import ENGINES, ROOT
 
@@ -108,7 +108,7 @@ def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixtur
 
 def test_bundled_int8_artifact_keeps_the_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
     """The committed INT8 Q/DQ model (trtserve calibrate, entropy, head kept float) against FP32."""
-    from trtserve.calibration import compare_precisions
+    from trtserve.calibration.run import compare_precisions
     from trtserve.repository import ModelRepository
 
     config = ModelRepository(ENGINES).get("shapes")
@@ -119,7 +119,8 @@ def test_bundled_int8_artifact_keeps_the_accuracy(capsys: pytest.CaptureFixture[
 
 
 def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from trtserve.demo import sample_video, start_server_process, stop_server_process
+    from trtserve.bench.demo import sample_video
+    from trtserve.serving.process import start_server_process, stop_server_process
 
     video = sample_video(tmp_path)
     server, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
@@ -173,8 +174,8 @@ def test_steady_serving_does_not_fault_memory_in_per_batch(tmp_path: Path) -> No
     """Normalizing with blobFromImage per frame + concatenate cost ~270 page faults per frame in the server."""
     import asyncio
 
-    from trtserve.bench_streams import _native_load, _sample_frames
-    from trtserve.demo import start_server_process, stop_server_process
+    from trtserve.bench.streams import _native_load, _sample_frames
+    from trtserve.serving.process import start_server_process, stop_server_process
 
     frames = _sample_frames(48, 90)
     process, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
@@ -208,7 +209,7 @@ def test_detect_refuses_a_threshold_out_of_range(tmp_path: Path, capsys: pytest.
 
 
 def test_bench_against_a_running_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from trtserve.demo import start_server_process, stop_server_process
+    from trtserve.serving.process import start_server_process, stop_server_process
 
     server, address = start_server_process(ENGINES, "shapes", "fp32", tmp_path / "server.log")
     try:

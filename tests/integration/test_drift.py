@@ -19,11 +19,11 @@ from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from trtserve.config import DriftSpec
+from trtserve.datasets.synthetic import video_frames
 from trtserve.errors import ModelLoadError
-from trtserve.pipeline import BatcherConfig
 from trtserve.repository import ModelRepository
-from trtserve.server import Server, ServerSettings
-from trtserve.synthetic import video_frames
+from trtserve.serving.pipeline import BatcherConfig
+from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 

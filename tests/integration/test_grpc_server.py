@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from trtserve.pipeline import BatcherConfig
-from trtserve.server import Server, ServerSettings
-from trtserve.synthetic import evaluation_set, video_frames
+from trtserve.datasets.synthetic import evaluation_set, video_frames
+from trtserve.serving.pipeline import BatcherConfig
+from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
@@ -259,7 +259,7 @@ def test_a_backend_failure_fails_its_batch_and_the_server_keeps_serving(tmp_path
 def test_an_unexpected_failure_is_answered_internal_and_the_stream_goes_on(policy: str,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the serving path (not a frame's own error) must not hang or end the stream."""
-    from trtserve.pipeline import Pipeline
+    from trtserve.serving.pipeline import Pipeline
 
     frames = [s.image_bgr for s in video_frames(6)]
     real_detect = Pipeline.detect

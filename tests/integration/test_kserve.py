@@ -9,8 +9,8 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from trtserve.client import DetectionClient
-from trtserve.demo import start_server_process, stop_server_process
-from trtserve.synthetic import evaluation_set
+from trtserve.datasets.synthetic import evaluation_set
+from trtserve.serving.process import start_server_process, stop_server_process
 
 from ..conftest import ENGINES
 

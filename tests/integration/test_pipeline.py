@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
 from trtserve.errors import InvalidFrameError
-from trtserve.pipeline import BatcherConfig, Pipeline
-from trtserve.synthetic import evaluation_set
+from trtserve.serving.pipeline import BatcherConfig, Pipeline
 
 
 def test_concurrent_frames_are_batched_and_match_the_detector(shapes: Detector) -> None:

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from trtserve.config import DriftSpec
-from trtserve.demo import free_port
-from trtserve.pipeline import BatcherConfig
+from trtserve.datasets.synthetic import video_frames
 from trtserve.repository import ModelRepository
-from trtserve.server import Server, ServerSettings
-from trtserve.synthetic import video_frames
+from trtserve.serving.pipeline import BatcherConfig
+from trtserve.serving.process import free_port
+from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 

@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from trtserve.errors import ConfigError
 from trtserve.repository import ModelRepository
-from trtserve.security import TlsSettings, load_tokens
-from trtserve.server import Server, ServerSettings
+from trtserve.serving.security import TlsSettings, load_tokens
+from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 

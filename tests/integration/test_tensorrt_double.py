@@ -17,12 +17,12 @@ import pytest
 
 from trtserve.cli import main
 from trtserve.config import ModelConfig
+from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
-from trtserve.engine_build import EngineBuildError, TensorRTUnavailableError, build_engine
-from trtserve.engine_key import BuildSettings, default_settings
 from trtserve.errors import ConfigError, InvalidFrameError, ModelLoadError
 from trtserve.repository import ModelRepository
-from trtserve.synthetic import evaluation_set
+from trtserve.tensorrt.builder import EngineBuildError, TensorRTUnavailableError, build_engine
+from trtserve.tensorrt.keys import BuildSettings, default_settings
 
 from ..conftest import ENGINES
 from ..doubles.gpu_host import FakeHost, install
@@ -249,7 +249,7 @@ def test_without_tensorrt_build_exits_2_and_says_what_to_do(capsys: pytest.Captu
 def test_drift_coverage_reads_the_ranges_the_engine_was_built_from(monkeypatch: pytest.MonkeyPatch,
                                                                    repo: ModelRepository, version: str,
                                                                    source: str) -> None:
-    from trtserve.drift import calibrated_ranges
+    from trtserve.monitoring.drift import calibrated_ranges
 
     install(monkeypatch, version)
     config = repo.get("shapes")

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from trtserve.batcher import DynamicBatcher
 from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError
+from trtserve.serving.batcher import DynamicBatcher
 
 
 def run(coro):  # type: ignore[no-untyped-def]

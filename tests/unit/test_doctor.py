@@ -3,7 +3,7 @@ import json
 import pytest
 
 from trtserve.cli import main
-from trtserve.doctor import Report, _backends, _gpu_metrics, parse_l4t_release
+from trtserve.deploy.doctor import Report, _backends, _gpu_metrics, parse_l4t_release
 
 
 def test_runs_here_and_says_why_tensorrt_is_unavailable(capsys: pytest.CaptureFixture[str]) -> None:

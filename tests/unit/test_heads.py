@@ -3,7 +3,8 @@ import pytest
 
 from trtserve.config import HeadSpec
 from trtserve.errors import ModelLoadError
-from trtserve.heads import Thresholds, make_head
+from trtserve.heads.base import Thresholds
+from trtserve.heads.factory import make_head
 from trtserve.vision.letterbox import Letterbox
 
 SPEC = HeadSpec("auto", 0.25, 0.5, 100, False)

@@ -3,8 +3,8 @@ import sys
 
 
 def test_importing_the_library_loads_no_inference_runtime() -> None:
-    code = ("import sys, trtserve, trtserve.detector, trtserve.cli, trtserve.backends, trtserve.engine_build, "
-            "trtserve.engine_key, trtserve.cuda_runtime, trtserve.backends.tensorrt, trtserve.doctor; "
+    code = ("import sys, trtserve, trtserve.detector, trtserve.cli, trtserve.backends, trtserve.tensorrt.builder, "
+            "trtserve.tensorrt.keys, trtserve.tensorrt.cuda, trtserve.backends.tensorrt, trtserve.deploy.doctor; "
             "heavy = [m for m in ('onnxruntime', 'tensorrt', 'torch', 'cuda') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

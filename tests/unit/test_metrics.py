@@ -9,11 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from trtserve.config import DriftSpec
-from trtserve.drift import compare_detections, compare_raw, out_of_range_fraction, qdq_ranges
 from trtserve.errors import ConfigError
-from trtserve.heads import Detections
-from trtserve.metrics import Metrics, ModelMetrics, parse_tegrastats, start_metrics_http
-from trtserve.server_config import load_server_settings
+from trtserve.monitoring.drift import compare_detections, compare_raw, out_of_range_fraction, qdq_ranges
+from trtserve.monitoring.metrics import Metrics, ModelMetrics, parse_tegrastats, start_metrics_http
+from trtserve.serving.settings import load_server_settings
+from trtserve.vision.detections import Detections
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

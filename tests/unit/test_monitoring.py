@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prometheus_client.core import HistogramMetricFamily
 
-from trtserve.metrics import Metrics
+from trtserve.monitoring.metrics import Metrics
 
 from ..conftest import ROOT, require_tool
 

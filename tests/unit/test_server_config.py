@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from trtserve.errors import ConfigError
-from trtserve.server_config import load_server_settings
+from trtserve.serving.settings import load_server_settings
 
 
 def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def provider_options(providers: list[str], precision: str, cache_dir: Path, ort_
 
 def ort_cache_dir(model_path: Path, precision: str, ort_version: str, gpu: dict[str, str] | None) -> Path:
     """``<model dir>/cache/ort-<version>.<precision>.sm<cc>.<gpu>``: an engine cache per device, like engine keys."""
-    from trtserve.cuda_runtime import DeviceInfo
+    from trtserve.tensorrt.cuda import DeviceInfo
 
     device = DeviceInfo(gpu["name"], gpu["compute_capability"]) if gpu else DeviceInfo("unknown-gpu", "0.0")
     cc = device.compute_capability.replace(".", "")
@@ -87,7 +87,7 @@ class OnnxRuntimeBackend(Backend):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen: list[Any] = list(wanted)
         if "TensorrtExecutionProvider" in wanted:
-            from trtserve.doctor import first_gpu
+            from trtserve.deploy.doctor import first_gpu
 
             cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, first_gpu())
             cache.mkdir(parents=True, exist_ok=True)

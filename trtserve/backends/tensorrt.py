@@ -29,7 +29,7 @@ from trtserve.errors import BackendError, InvalidFrameError, ModelLoadError
 
 if TYPE_CHECKING:
     from trtserve.config import ModelConfig
-    from trtserve.cuda_runtime import CudaRuntime
+    from trtserve.tensorrt.cuda import CudaRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ class TensorRTBackend(Backend):
     def model_file(cls, config: ModelConfig, precision: str) -> Path:
         """The engine built for this host (GPU, TensorRT version, current ONNX); built now if
         ``engine.auto_build`` is set, else ModelLoadError with the ``trtserve build`` command."""
-        from trtserve.cuda_runtime import CudaRuntime
-        from trtserve.engine_build import TrtVersion, build_engine, import_tensorrt, source_hashes
-        from trtserve.engine_key import default_settings, select_engine
+        from trtserve.tensorrt.builder import TrtVersion, build_engine, import_tensorrt, source_hashes
+        from trtserve.tensorrt.cuda import CudaRuntime
+        from trtserve.tensorrt.keys import default_settings, select_engine
 
         trt = import_tensorrt()
         cuda = CudaRuntime()
@@ -172,9 +172,9 @@ class TensorRTBackend(Backend):
         return getattr(self, "_device", "unknown")
 
     def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        from trtserve.cuda_runtime import CudaRuntime
-        from trtserve.engine_build import TrtVersion, import_tensorrt, make_logger
-        from trtserve.engine_key import read_record
+        from trtserve.tensorrt.builder import TrtVersion, import_tensorrt, make_logger
+        from trtserve.tensorrt.cuda import CudaRuntime
+        from trtserve.tensorrt.keys import read_record
 
         trt = import_tensorrt()
         self._cuda: CudaRuntime = CudaRuntime()

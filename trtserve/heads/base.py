@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.config import HeadSpec
+from trtserve.vision.detections import Detections, Outputs
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.nms import nms
 
-Outputs = dict[str, NDArray[np.generic]]
 MAX_NMS_CANDIDATES = 30000
 
 
@@ -29,27 +29,12 @@ class Thresholds:
         return cls(spec.score_threshold, spec.iou_threshold, spec.max_detections)
 
 
-@dataclass(frozen=True)
-class Detections:
-    """Detections of one frame. Boxes are xyxy in original-frame pixels, clipped to the frame."""
-
-    boxes_xyxy: NDArray[np.float32]
-    scores: NDArray[np.float32]
-    class_ids: NDArray[np.int64]
-    raw: Outputs = field(default_factory=dict)  # the raw head's per-frame tensors
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-
-
 class Head(abc.ABC):
     """Decodes one batch of outputs. Subclasses say which output shapes they accept and decode them."""
 
     type: ClassVar[str]
+    needs_classes: ClassVar[bool] = False  # the layout's width depends on the class count: model.yaml must list them
+    auto_detect: ClassVar[bool] = True  # ``head.type: auto`` may pick it from the output shapes
 
     def __init__(self, spec: HeadSpec, num_classes: int) -> None:
         self.spec = spec

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from trtserve.heads.base import Detections, Head, Outputs, Thresholds, dim_is, single_output
+from trtserve.heads.base import Head, Thresholds, dim_is, single_output
+from trtserve.vision.detections import Detections, Outputs
 from trtserve.vision.letterbox import Letterbox
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from trtserve.heads.base import Detections, Head, Outputs, Thresholds
+from trtserve.heads.base import Head, Thresholds
+from trtserve.vision.detections import Detections, Outputs
 from trtserve.vision.letterbox import Letterbox
 
 
 class RawHead(Head):
     type = "raw"
+    auto_detect = False  # it accepts any outputs
 
     @classmethod
     def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:

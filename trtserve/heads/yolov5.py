@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtserve.heads.base import Detections, Head, Outputs, Thresholds, cxcywh_to_xyxy, dim_is, single_output
+from trtserve.heads.base import Head, Thresholds, cxcywh_to_xyxy, dim_is, single_output
+from trtserve.vision.detections import Detections, Outputs
 from trtserve.vision.letterbox import Letterbox
 
 
 class YoloV5Head(Head):
     type = "yolov5"
+    needs_classes = True
 
     @classmethod
     def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from trtserve.synthetic import CLASS_NAMES, TRAIN_SEED, render_scene
+from trtserve.datasets.synthetic import CLASS_NAMES, TRAIN_SEED, render_scene
 from trtserve.vision.letterbox import letterbox
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.heads import Detections
+from trtserve.vision.detections import Detections
 
 
 def _color(class_id: int) -> tuple[int, int, int]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from trtserve.config import ModelConfig
-from trtserve.cuda_runtime import DeviceInfo
 from trtserve.errors import ModelLoadError
+from trtserve.tensorrt.cuda import DeviceInfo
 
 CACHE_DIR = "cache"
 DEFAULT_WORKSPACE_GB = 2.0

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +20,13 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.datasets.synthetic import video_frames, write_video
 from trtserve.detector import Detector
-from trtserve.errors import InvalidFrameError, ServerError
-from trtserve.heads import Detections
-from trtserve.synthetic import video_frames, write_video
+from trtserve.serving.process import start_server_process, stop_server_process
+from trtserve.vision.detections import Detections
 from trtserve.vision.draw import annotate
 from trtserve.vision.matching import MatchCounts, match
+from trtserve.vision.video import Video
 
 logger = logging.getLogger(__name__)
 SAMPLE_FRAMES = 300
@@ -48,27 +45,6 @@ def sample_video(directory: Path) -> Path:
     if not path.is_file():
         write_video(path, SAMPLE_FRAMES)
     return path
-
-
-def read_video(path: Path) -> tuple[Iterator[NDArray[np.uint8]], float, int]:
-    """Frames of a video (lazily), its fps and frame count."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InvalidFrameError(f"cannot open video {path}; is it a video file OpenCV can read?")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-
-    def frames() -> Iterator[NDArray[np.uint8]]:
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield np.asarray(frame, np.uint8)
-        finally:
-            cap.release()
-
-    return frames(), fps, count
 
 
 def _write_and_summarize(pairs: Iterator[tuple[NDArray[np.uint8], Detections]], out_dir: Path, fps: float,
@@ -117,7 +93,8 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
     """Detect in-process on every frame of ``video`` (default: the sample), in batches of max_batch_size."""
     out_dir.mkdir(parents=True, exist_ok=True)
     source = sample_video(out_dir) if video is None else video
-    frames, fps, count = read_video(source)
+    reader = Video(source)
+    frames, fps, count = reader.frames(), reader.fps, reader.frame_count
     batch_size = detector.config.max_batch_size
 
     def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
@@ -131,62 +108,6 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
               "video": str(source), "batch_size": batch_size}
     return _write_and_summarize(pairs(), out_dir, fps, detector.config.class_names, video is None, count,
                                 progress, header)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server_process(repository: Path | None, model: str, precision: str, log_path: Path,
-                         startup_timeout_s: float = 120.0, metrics_port: int = 0, extra_args: Sequence[str] = ()
-                         ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``trtserve serve`` on a free loopback port; return it once its health says SERVING.
-
-    ``metrics_port`` 0 lets the server pick a free one (the log says which).
-    """
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "trtserve.cli"]
-    if repository is not None:
-        cmd += ["--repository", str(repository)]
-    cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision,
-            "--metrics-port", str(metrics_port), *extra_args]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + startup_timeout_s
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if server.poll() is not None:
-                raise ServerError(f"the server exited with status {server.returncode} before it was ready; "
-                                  f"see {log_path}:\n{log_path.read_text()[-2000:]}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=model), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return server, address
-            except grpc.RpcError:  # not listening yet
-                pass
-            if time.monotonic() > deadline:
-                stop_server_process(server)
-                raise ServerError(f"the server was not ready within {startup_timeout_s} s; see {log_path}")
-            time.sleep(0.2)
-
-
-def stop_server_process(server: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM (the server drains), then wait; kill only if it overstays ``timeout_s``."""
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    return int(server.returncode)
 
 
 def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_dir: Path,
@@ -207,7 +128,8 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
     try:
         with DetectionClient(address, model) as client:
             names = tuple(client.model_info(model).classes)
-            frames, fps, count = read_video(source)
+            reader = Video(source)
+            frames, fps, count = reader.frames(), reader.fps, reader.frame_count
 
             def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
                 for frame, answer in client.stream_frames(frames, "demo"):

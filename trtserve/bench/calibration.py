@@ -48,7 +48,8 @@ def _child(argv: list[str]) -> None:
     input_name = config.input.name or "images"
     t0 = time.monotonic()
     if args.which == "ours":
-        from trtserve.calibration import FrameSource, run_calibration
+        from trtserve.calibration.frames import FrameSource
+        from trtserve.calibration.run import run_calibration
 
         source = FrameSource.from_images(args.images, 10**9)
         run_calibration(config, source, "entropy", 8, progress=False)
@@ -78,7 +79,7 @@ def _child(argv: list[str]) -> None:
 
 
 def _measure(which: str, repository: Path, model: str, images: Path, out: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "trtserve.bench_calibration", which, "--repository", str(repository),
+    cmd = [sys.executable, "-m", "trtserve.bench.calibration", which, "--repository", str(repository),
            "--model", model, "--images", str(images), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -92,12 +93,12 @@ def _measure(which: str, repository: Path, model: str, images: Path, out: Path) 
 
 def run(config: ModelConfig, num_frames: int = 64, eval_images: int = 300) -> dict[str, Any]:
     """Run the whole comparison on a scratch copy of ``config``'s model folder."""
-    from trtserve.benchmark import throughput
-    from trtserve.calibration import compare_precisions
+    from trtserve.bench.throughput import throughput
+    from trtserve.calibration.evaluation import evaluate
+    from trtserve.calibration.run import compare_precisions
     from trtserve.config import load_model_config
+    from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene, write_coco
     from trtserve.detector import Detector
-    from trtserve.evaluation import evaluate
-    from trtserve.synthetic import CALIBRATION_SEED, render_scene, write_coco
 
     with tempfile.TemporaryDirectory(prefix="trtserve-bench-") as tmp:
         root = Path(tmp)

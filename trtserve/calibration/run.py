@@ -18,112 +18,24 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from calibrators.files import atomic_write_bytes
+from trtserve.calibration.frames import FrameSource, batched_feeds
 from trtserve.config import ModelConfig, load_model_config
-from trtserve.errors import ConfigError, TrtserveError
+from trtserve.errors import CalibrationInputError, ConfigError
 from trtserve.vision.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RECOMMENDED_MIN_FRAMES = 300
 QDQ_ORT_FILE = "model.int8.onnx"
 QDQ_TRT_FILE = "model.int8.tensorrt.onnx"
 REPORT_FILE = "calibration.report.json"
-
-
-class CalibrationInputError(TrtserveError):
-    grpc_code = "INVALID_ARGUMENT"
-
-
-@dataclass
-class FrameSource:
-    """Frames for calibration, read lazily (memory does not grow with their number)."""
-
-    paths: list[Path] | None = None
-    video: Path | None = None
-    limit: int = 500
-    skipped: int = 0
-    used: int = 0
-
-    @classmethod
-    def from_images(cls, directory: Path, limit: int) -> FrameSource:
-        if not directory.is_dir():
-            raise CalibrationInputError(f"--images {directory}: not a folder")
-        paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not paths:
-            raise CalibrationInputError(f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return cls(paths=paths, limit=limit)
-
-    @classmethod
-    def from_video(cls, path: Path, limit: int) -> FrameSource:
-        if not path.is_file():
-            raise CalibrationInputError(f"--video {path}: no such file")
-        return cls(video=path, limit=limit)
-
-    @property
-    def expected(self) -> int:
-        """How many frames this source will give at most (for progress)."""
-        if self.paths is not None:
-            return min(self.limit, len(self.paths))
-        cap = cv2.VideoCapture(str(self.video))
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        cap.release()
-        return min(self.limit, count) if count > 0 else self.limit
-
-    def frames(self) -> Iterator[NDArray[np.uint8]]:
-        if self.paths is not None:
-            for path in self.paths:
-                if self.used >= self.limit:
-                    return
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    self.skipped += 1
-                    logger.warning("skipping unreadable image %s", path)
-                    continue
-                self.used += 1
-                yield np.asarray(image, np.uint8)
-            return
-        cap = cv2.VideoCapture(str(self.video))
-        if not cap.isOpened():
-            raise CalibrationInputError(f"--video {self.video}: OpenCV cannot open it as a video")
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or self.limit
-        step = max(1, total // self.limit)  # spread the frames over the whole video
-        index = 0
-        try:
-            while self.used < self.limit:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                if index % step == 0:
-                    self.used += 1
-                    yield np.asarray(frame, np.uint8)
-                index += 1
-        finally:
-            cap.release()
-
-
-def batched_feeds(source: FrameSource, preprocessor: Preprocessor, input_name: str, batch: int,
-                  fixed_batch: bool = False) -> Iterator[dict[str, NDArray[np.floating]]]:
-    """Batches of ``batch`` preprocessed frames; a model with a fixed batch gets no short last batch."""
-    pending: list[NDArray[np.uint8]] = []
-    for frame in source.frames():
-        pending.append(frame)
-        if len(pending) == batch:
-            yield {input_name: preprocessor.batch(pending)[0]}
-            pending = []
-    if pending and fixed_batch:
-        logger.info("dropping the last %d frames: the model's batch is fixed at %d", len(pending), batch)
-    elif pending:
-        yield {input_name: preprocessor.batch(pending)[0]}
 
 
 def record_artifacts(config: ModelConfig, entries: dict[str, str]) -> None:
@@ -144,7 +56,8 @@ AUTO_EXCLUDE_FRAMES = 64  # calibration frames kept in memory to score sensitivi
 
 def detection_agreement(config: ModelConfig) -> Any:
     """Agreement of two lists of raw output batches: F1 at IoU 0.5 of the decoded detections."""
-    from trtserve.heads import Thresholds, make_head
+    from trtserve.heads.base import Thresholds
+    from trtserve.heads.factory import make_head
     from trtserve.vision.letterbox import Letterbox
     from trtserve.vision.matching import MatchCounts, match
 
@@ -280,9 +193,9 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
 
 def compare_precisions(config: ModelConfig, num_images: int) -> dict[str, Any]:
     """FP32 vs INT8 mAP on the held-out synthetic set and INT8's detection agreement with FP32."""
+    from trtserve.calibration.evaluation import evaluate
+    from trtserve.datasets.synthetic import evaluation_set
     from trtserve.detector import Detector
-    from trtserve.evaluation import evaluate
-    from trtserve.synthetic import evaluation_set
     from trtserve.vision.matching import MatchCounts, match
 
     scores: dict[str, Any] = {}

@@ -7,7 +7,7 @@ Two steps, kept apart so the decision can be tested without TensorRT:
   (calibration cache) or explicit (Q/DQ) quantization. It refuses, with what to do, whatever the
   installed TensorRT cannot build.
 * :func:`build_engine` — runs that path with the ``tensorrt`` module and writes
-  ``engines/<model>/cache/<key>.plan`` plus its JSON sidecar (see :mod:`trtserve.engine_key`).
+  ``engines/<model>/cache/<key>.plan`` plus its JSON sidecar (see :mod:`trtserve.tensorrt.keys`).
 
 Version facts (NVIDIA's documentation per release):
 
@@ -36,8 +36,9 @@ from types import ModuleType
 from typing import Any
 
 from trtserve.config import PRECISIONS, ModelConfig
-from trtserve.cuda_runtime import CudaRuntime, DeviceInfo
-from trtserve.engine_key import (
+from trtserve.errors import ConfigError, ModelLoadError
+from trtserve.tensorrt.cuda import CudaRuntime, DeviceInfo
+from trtserve.tensorrt.keys import (
     GIB,
     BuildSettings,
     EngineRecord,
@@ -46,7 +47,6 @@ from trtserve.engine_key import (
     sha256_of,
     write_record,
 )
-from trtserve.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -35,12 +35,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends import BackendOptions, TensorInfo, backend_class
+from trtserve.backends.base import BackendOptions, TensorInfo
+from trtserve.backends.registry import backend_class
 from trtserve.config import DriftSpec, ModelConfig
 from trtserve.detector import BatchRun, Detector, infer_padded
 from trtserve.errors import ModelLoadError
-from trtserve.heads import Detections, Head, Thresholds
-from trtserve.metrics import Metrics
+from trtserve.heads.base import Head, Thresholds
+from trtserve.monitoring.metrics import Metrics
+from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts, match_pairs
 
@@ -96,7 +98,7 @@ def calibrated_ranges(served: Detector) -> tuple[dict[str, Range], str]:
     if served.precision != "int8":
         return {}, f"{path.name} is not an INT8 model"
     # an engine: the ranges it was built from, as its sidecar records (a calibration cache, or the Q/DQ model)
-    from trtserve.engine_key import read_record
+    from trtserve.tensorrt.keys import read_record
 
     record = read_record(path)
     source = served.config.directory / (record.calibration_cache_file or record.onnx_file)

@@ -27,8 +27,8 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve import __version__
 from trtserve.errors import InvalidFrameError, TrtserveError
-from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
-from trtserve.service import answer_in_order, public_reason, status_code
+from trtserve.serving.pipeline import FrameOutcome, Pipeline, find_pipeline
+from trtserve.serving.protocol import answer_in_order, public_reason, status_code
 
 INPUT_NAME = "IMAGE"
 OUTPUT_DETECTIONS = "DETECTIONS"

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.batcher import DynamicBatcher
 from trtserve.detector import BatchRun, Detector, Frame
-from trtserve.drift import DriftMonitor
 from trtserve.errors import ModelNotFoundError, code_name
-from trtserve.heads import Detections, Thresholds
-from trtserve.metrics import Metrics, ModelMetrics
-from trtserve.server_config import BatcherConfig
+from trtserve.heads.base import Thresholds
+from trtserve.monitoring.drift import DriftMonitor
+from trtserve.monitoring.metrics import Metrics, ModelMetrics
+from trtserve.serving.batcher import DynamicBatcher
+from trtserve.serving.settings import BatcherConfig
+from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 
 

@@ -29,7 +29,7 @@ def default_address(environ: Mapping[str, str] | None = None) -> str:
     else ``/etc/trtserve/server.yaml`` when present), then ``TRTSERVE_GRPC_PORT``; 8001 when neither says.
     """
     from trtserve.errors import ConfigError
-    from trtserve.server_config import load_server_settings
+    from trtserve.serving.settings import load_server_settings
 
     env = os.environ if environ is None else environ
     config = env.get("TRTSERVE_CONFIG") or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from trtserve.metrics import Metrics
+from trtserve.monitoring.metrics import Metrics
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:

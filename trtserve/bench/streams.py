@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.errors import TrtserveError
-from trtserve.synthetic import video_frames
+from trtserve.datasets.synthetic import video_frames
+from trtserve.errors import UsageError
 
 
 def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int) -> tuple[float, float]:
@@ -196,18 +196,18 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     """
     from contextlib import ExitStack
 
-    from trtserve.benchmark import median_seconds
+    from trtserve.bench.throughput import median_seconds
     from trtserve.client import DetectionClient
-    from trtserve.demo import start_server_process, stop_server_process
     from trtserve.detector import Detector
     from trtserve.repository import ModelRepository
-    from trtserve.server import serving_backend_options
+    from trtserve.serving.process import start_server_process, stop_server_process
+    from trtserve.serving.server import serving_backend_options
 
     if kserve and jpeg_quality is None:
-        raise TrtserveError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "
+        raise UsageError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "
                             "encoded image bytes); drop --raw or --kserve")
     if runs < 1:
-        raise TrtserveError(f"--repeats {runs}: expected at least 1 run")
+        raise UsageError(f"--repeats {runs}: expected at least 1 run")
     frames = _sample_frames(frames_per_stream, jpeg_quality)
     config = ModelRepository(repository).get(model)
     process = None
@@ -304,7 +304,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
 
 def _metrics_overhead_us(model: str, precision: str, repeats: int = 20000) -> float:
     """Microseconds of metric updates per frame: one frame_ok (5 stage observations + counter) + a batch share."""
-    from trtserve.metrics import Metrics, ModelMetrics
+    from trtserve.monitoring.metrics import Metrics, ModelMetrics
 
     m = ModelMetrics(Metrics(process=False), model, precision)
     t0 = time.perf_counter()
@@ -323,10 +323,10 @@ def run_shadow(repository: Path | None, model: str, precision: str, streams: int
     shadow-off peak, the same offered load for both. Ratios are medians over ``repeats`` pairs.
     """
     from trtserve.client import DetectionClient
-    from trtserve.demo import start_server_process, stop_server_process
+    from trtserve.serving.process import start_server_process, stop_server_process
 
     if precision == "fp32":
-        raise TrtserveError("the shadow is the FP32 model: benchmark a quantized precision (--precision int8)")
+        raise UsageError("the shadow is the FP32 model: benchmark a quantized precision (--precision int8)")
     frames = _sample_frames(frames_per_stream, jpeg_quality)
     log = Path("build/bench-shadow-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)

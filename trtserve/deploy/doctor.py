@@ -80,8 +80,8 @@ def diagnose() -> Report:
         if report.l4t:
             report.jetpack = L4T_TO_JETPACK.get(".".join(report.l4t.split(".")[:2]), "unknown to this table")
     try:
-        from trtserve.cuda_runtime import import_cudart
         from trtserve.errors import ModelLoadError
+        from trtserve.tensorrt.cuda import import_cudart
 
         cudart = import_cudart()  # cuda.bindings.runtime, or cuda.cudart of older cuda-python
         err, version = cudart.cudaRuntimeGetVersion()
@@ -139,7 +139,7 @@ def _backends(r: Report) -> dict[str, dict[str, Any]]:
         trt_why = "cuda-python is missing or the CUDA runtime failed"
     trt_precisions: list[str] = []
     if trt_why is None and r.tensorrt is not None:
-        from trtserve.engine_build import DLA_MIN_TRT11, TrtVersion
+        from trtserve.tensorrt.builder import DLA_MIN_TRT11, TrtVersion
 
         version = TrtVersion.parse(r.tensorrt)
         major = version.major

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from trtserve.errors import TrtserveError
+from trtserve.errors import ConfigError, TrtserveError
 
 PROMETHEUSRULE_NAME = "trtserve"
 GENERATED_HEADER = ("# Generated from monitoring/alerts.yml by\n"
@@ -26,7 +26,7 @@ GENERATED_HEADER = ("# Generated from monitoring/alerts.yml by\n"
 
 def resolved_settings(config_file: Path | None) -> dict[str, Any]:
     """The models and precision ``trtserve serve --config config_file`` would use (flags aside)."""
-    from trtserve.server_config import load_server_settings
+    from trtserve.serving.settings import load_server_settings
 
     settings = load_server_settings(config_file)
     return {"models": list(settings.models), "precision": settings.precision,
@@ -38,10 +38,10 @@ def prometheus_rule(alerts: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(alerts.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise TrtserveError(f"{alerts}: cannot read the alert rules: {exc.strerror}") from None
+        raise ConfigError(f"{alerts}: cannot read the alert rules: {exc.strerror}") from None
     groups = document.get("groups") if isinstance(document, dict) else None
     if not isinstance(groups, list) or not groups:
-        raise TrtserveError(f"{alerts}: groups: expected a non-empty list of rule groups (Prometheus rule file)")
+        raise ConfigError(f"{alerts}: groups: expected a non-empty list of rule groups (Prometheus rule file)")
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": {"name": PROMETHEUSRULE_NAME,
                          "labels": {"app.kubernetes.io/name": "trtserve", "app.kubernetes.io/component": "alerts"}},
@@ -77,6 +77,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

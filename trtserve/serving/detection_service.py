@@ -1,45 +1,26 @@
 """The ``trtserve.v1.DetectionService`` gRPC servicer (asyncio), a thin adapter over :class:`Pipeline`.
 
-Errors map to gRPC status codes in exactly one place, :func:`status_code`. In ``StreamDetect`` a
+Errors become gRPC status codes in :mod:`trtserve.serving.protocol` (shared with KServe). In ``StreamDetect`` a
 failing frame does not end the stream: it is answered with ``STATUS_ERROR`` and its code and reason.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from dataclasses import asdict
 
 import grpc
 import numpy as np
 
-from trtserve.errors import InvalidFrameError, TrtserveError, code_name
-from trtserve.heads import Thresholds
-from trtserve.pipeline import FrameOutcome, Pipeline, find_pipeline
+from trtserve.errors import InvalidFrameError, TrtserveError
+from trtserve.heads.base import Thresholds
+from trtserve.serving.pipeline import FrameOutcome, Pipeline, find_pipeline
+from trtserve.serving.protocol import answer_freshest, answer_in_order, public_reason, status_code
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
-
-logger = logging.getLogger(__name__)
-Q = TypeVar("Q")
-R = TypeVar("R")
-
-
-def status_code(error: BaseException) -> grpc.StatusCode:
-    """The gRPC status for an exception: its ``grpc_code`` for trtserve errors, INTERNAL for bugs."""
-    return getattr(grpc.StatusCode, code_name(error), grpc.StatusCode.INTERNAL)
-
-
-def public_reason(error: Exception, what: str) -> str:
-    """What the client is told: a trtserve error's own message; for anything else (a bug) that it was internal,
-    after logging the traceback as ``what`` having failed. Call it inside the ``except`` block."""
-    if isinstance(error, TrtserveError):
-        return str(error)
-    logger.exception("%s failed unexpectedly", what)
-    return f"internal error: {error!r}"
 
 
 def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
@@ -59,44 +40,8 @@ def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
     raise InvalidFrameError("request has no image; set image.encoded or image.raw")
 
 
-async def answer_in_order(requests: AsyncIterator[Q], answer: Callable[[Q], Coroutine[Any, Any, R]],
-                          max_in_flight: int) -> AsyncGenerator[R, None]:
-    """Answer each request as it arrives, at most ``max_in_flight`` at once (so they batch), yielding the
-    answers in request order. Past ``max_in_flight`` unanswered, reading stops: flow control back to the
-    client. On exit (the client went away) unanswered work is cancelled."""
-    order: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue()
-    slots = asyncio.Semaphore(max_in_flight)
-
-    async def read() -> None:
-        try:
-            async for request in requests:
-                await slots.acquire()  # released once the answer has been sent
-                await order.put(asyncio.create_task(answer(request)))
-        finally:
-            await order.put(None)
-
-    reader = asyncio.create_task(read())
-    try:
-        while (task := await order.get()) is not None:
-            yield await task
-            slots.release()
-        await reader
-    finally:
-        reader.cancel()
-        while not order.empty():
-            item = order.get_nowait()
-            if item is not None:
-                item.cancel()
-
-
 OVERLOAD_POLICY_KEY = "x-trtserve-overload-policy"
 OVERLOAD_POLICIES = ("block", "drop_oldest")
-
-
-@dataclass
-class _StreamState:
-    running: int = 0
-    waiting: tuple[pb.DetectRequest, asyncio.Future[pb.DetectResponse]] | None = None
 
 
 class DetectionService(pb_grpc.DetectionServiceServicer):
@@ -173,68 +118,20 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         if policy not in OVERLOAD_POLICIES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{OVERLOAD_POLICY_KEY} {policy!r}; expected one of {list(OVERLOAD_POLICIES)}")
-        if policy == "block":
-            async with aclosing(answer_in_order(request_iterator, lambda r: self._answer(r, None),
-                                                self.max_in_flight)) as answers:
-                async for response in answers:
-                    yield response
-            return
-        order: asyncio.Queue[asyncio.Future[pb.DetectResponse] | None] = asyncio.Queue()
-        streams: dict[str, _StreamState] = {}
-        tasks: set[asyncio.Task[None]] = set()
+        answer = functools.partial(self._answer, deadline_s=None)
+        answers = (answer_in_order(request_iterator, answer, self.max_in_flight) if policy == "block" else
+                   answer_freshest(request_iterator, answer, lambda r: r.stream_id, self._dropped, self.max_in_flight))
+        async with aclosing(answers) as ordered:
+            async for response in ordered:
+                yield response
 
-        def launch(request: pb.DetectRequest, answer: asyncio.Future[pb.DetectResponse], state: _StreamState
-                   ) -> None:
-            async def run() -> None:
-                try:
-                    response = await self._answer(request, None)
-                    if not answer.done():
-                        answer.set_result(response)
-                finally:
-                    state.running -= 1
-                    if state.waiting is not None:
-                        waiting, state.waiting = state.waiting, None
-                        state.running += 1
-                        launch(*waiting, state)
-
-            task = asyncio.create_task(run())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    answer: asyncio.Future[pb.DetectResponse] = asyncio.get_running_loop().create_future()
-                    await order.put(answer)
-                    state = streams.setdefault(request.stream_id, _StreamState())
-                    if state.running < self.max_in_flight:
-                        state.running += 1
-                        launch(request, answer, state)
-                    else:
-                        if state.waiting is not None:
-                            old_request, old_answer = state.waiting
-                            self._count_dropped(old_request)
-                            old_answer.set_result(pb.DetectResponse(
-                                stream_id=old_request.stream_id, sequence=old_request.sequence,
-                                status=pb.STATUS_DROPPED, reason="replaced by a newer frame of this stream"))
-                        state.waiting = (request, answer)
-            finally:
-                await order.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (answer := await order.get()) is not None:
-                yield await answer
-            await reader
-        finally:
-            reader.cancel()
-            for task in list(tasks):  # the client went away: its queued frames are abandoned
-                task.cancel()
-
-    def _count_dropped(self, request: pb.DetectRequest) -> None:
+    def _dropped(self, request: pb.DetectRequest) -> pb.DetectResponse:
+        """The answer of a frame replaced by a newer one of its stream (``drop_oldest``), counted."""
         pipeline = self.pipelines.get(request.model or self.default_model)
         if pipeline is not None:  # an unknown model's frame is answered (and counted) when it runs
             pipeline.metrics.dropped.inc()
+        return pb.DetectResponse(stream_id=request.stream_id, sequence=request.sequence, status=pb.STATUS_DROPPED,
+                                 reason="replaced by a newer frame of this stream")
 
     async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

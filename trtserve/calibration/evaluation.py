@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from trtserve.datasets.synthetic import Scene, evaluation_set
 from trtserve.detector import Detector
-from trtserve.synthetic import Scene, evaluation_set
 
 logger = logging.getLogger(__name__)
 

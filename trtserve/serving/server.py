@@ -16,18 +16,18 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve import __version__
-from trtserve.backends import BackendOptions
+from trtserve.backends.base import BackendOptions
 from trtserve.config import DriftSpec, apply_drift_block
 from trtserve.detector import Detector
-from trtserve.drift import DriftMonitor
-from trtserve.grpc_metrics import MetricsInterceptor
-from trtserve.kserve import KServeService
-from trtserve.metrics import Metrics, device_collectors, start_metrics_http
-from trtserve.pipeline import Pipeline
+from trtserve.monitoring.drift import DriftMonitor
+from trtserve.monitoring.metrics import Metrics, device_collectors, start_metrics_http
 from trtserve.repository import ModelRepository
-from trtserve.security import TokenAuthInterceptor, load_tokens, server_credentials
-from trtserve.server_config import ServerSettings
-from trtserve.service import DetectionService
+from trtserve.serving.detection_service import DetectionService
+from trtserve.serving.grpc_metrics import MetricsInterceptor
+from trtserve.serving.kserve_service import KServeService
+from trtserve.serving.pipeline import Pipeline
+from trtserve.serving.security import TokenAuthInterceptor, load_tokens, server_credentials
+from trtserve.serving.settings import ServerSettings
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
 logger = logging.getLogger(__name__)

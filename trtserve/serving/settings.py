@@ -16,7 +16,7 @@ import yaml
 
 from trtserve.config import PRECISIONS, DriftSpec, YamlReader, apply_drift_block
 from trtserve.errors import ConfigError
-from trtserve.security import HEALTH_SERVICE, REFLECTION_SERVICES, TlsSettings
+from trtserve.serving.security import HEALTH_SERVICE, REFLECTION_SERVICES, TlsSettings
 
 # The settings live here, not beside the server and the pipeline that use them: `trtserve health` (the probe
 # containers run every 15 s) reads the config without loading OpenCV, NumPy, ONNX Runtime or the model code.

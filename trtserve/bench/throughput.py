@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.datasets.synthetic import render_scene
 from trtserve.detector import Detector
-from trtserve.synthetic import render_scene
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

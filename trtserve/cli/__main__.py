@@ -1,0 +1,7 @@
+"""``python -m trtserve.cli``: the same as the ``trtserve`` command."""
+
+import sys
+
+from trtserve.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""``trtserve demo | bench``: the scripted demo run and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trtserve.cli.common import Subcommands, emit, model_command, open_detector
+from trtserve.errors import UsageError
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trtserve.bench.demo import run_demo, run_demo_over_grpc
+
+    if args.in_process:
+        with open_detector(args) as detector:
+            result = run_demo(detector, args.out, args.video, progress=not args.json)
+    else:
+        shadow = args.shadow_rate if args.shadow_rate is not None else (0.25 if args.precision != "fp32" else 0.0)
+        result = run_demo_over_grpc(args.repository, args.model, args.precision, args.out, args.video,
+                                    progress=not args.json, shadow_rate=shadow)
+    s = result.summary
+    how = f"over gRPC at {s['server']}, mean batch {s['mean_batch_size']}" if s["mode"] == "grpc" \
+        else f"in-process, batch {s['batch_size']}"
+    text = f"{s['frames']} frames, {s['detections']} detections, {s['fps']} frames/s ({how}, {s['precision']})\n"
+    if "ground_truth" in s:
+        g = s["ground_truth"]
+        text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
+    if "drift" in s:
+        d = s["drift"]
+        text += (f"{s['precision']} vs the {d['shadow_precision']} shadow on {d['samples']} sampled frames "
+                 f"({d['skipped']} samples skipped while it was busy): agreement F1@0.5 {d['agreement_f1']}, "
+                 f"{d['out_of_range_ratio']:.4%} of activations outside the calibrated range\n")
+    text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
+    emit(s, args.json, text)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trtserve.bench.throughput import throughput
+
+    shadow = args.what == "streams" and args.shadow_rate is not None
+    args.precision = args.precision or ("int8" if shadow else "fp32")
+    args.repeats = args.repeats or (2 if shadow else 1 if args.what == "streams" else 20)
+    if shadow:
+        from trtserve.bench import streams as bench_streams
+
+        if not 0 < args.shadow_rate <= 1:
+            raise UsageError(f"--shadow-rate {args.shadow_rate}: expected a fraction of batches in (0, 1]")
+        r = bench_streams.run_shadow(args.repository, args.model, args.precision, args.streams,
+                                     args.frames_per_stream, args.shadow_rate, max(1, min(args.repeats, 5)),
+                                     None if args.raw else 90)
+        emit(r, args.json, (
+            f"{r['streams']} streams, {r['precision']} served, FP32 shadow on {r['shadow_rate']:.0%} of batches "
+            f"vs off (median of {r['repeats']} pairs):\n"
+            f"  throughput {r['fps_shadow_on']} vs {r['fps_shadow_off']} frames/s "
+            f"(ratio {r['shadow_throughput_ratio']})\n  p99 at {r['latency_load_fraction']:.0%} load "
+            f"{r['p99_ms_shadow_on']} vs {r['p99_ms_shadow_off']} ms "
+            f"(ratio {r['shadow_p99_ratio']})\n  drift agreement F1 {r['drift_agreement_f1']} over "
+            f"{r['shadow_samples']} frames ({r['shadow_skipped']} samples skipped: shadow busy); metrics "
+            f"{r['metrics_overhead_us_per_frame']} us per frame"))
+        return 0
+    if args.what == "streams":
+        from trtserve.bench import streams as bench_streams
+
+        r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
+                              args.server, args.kserve, None if args.raw else 90, runs=args.repeats)
+        server_cpu = r["server_cpu_ms_per_frame"]
+        emit(r, args.json, (
+            f"{r['streams']} streams x {r['frames_per_stream']} {r['frames']} frames over {r['protocol']}: "
+            f"{r['fps']} frames/s; "
+            f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}"
+            + (f" (medians of {r['runs']} runs; efficiency per run {r['efficiency_runs']})" if r["runs"] > 1 else "")
+            + "\n"
+            f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
+            f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}\n"
+            f"CPU per frame: server {'(not started here)' if server_cpu is None else f'{server_cpu} ms'}, "
+            f"client {r['client_cpu_ms_per_frame']} ms, "
+            f"engine alone {r['engine_cpu_ms_per_frame']} ms"
+            + (f"; efficiency these allow with every core busy: {r['cpu_bound_efficiency_ceiling']}"
+               if r["cpu_bound_efficiency_ceiling"] is not None else "")))
+        return 0
+    if args.what == "calibration":
+        from trtserve.bench import calibration as bench_calibration
+        from trtserve.repository import ModelRepository
+
+        r = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images)
+        emit(r, args.json, "\n".join([
+            f"calibration on {r['frames']} frames, trtserve vs ONNX Runtime quantize_static (entropy, QDQ):",
+            f"  peak RSS   {r['peak_rss_mb']} MB vs {r['peak_rss_mb_ort']} MB  (ratio {r['rss_ratio_vs_ort']})",
+            f"  wall time  {r['seconds']} s vs {r['seconds_ort']} s  (ratio {r['time_ratio_vs_ort']})",
+            f"  mAP50-95   fp32 {r['map50_95_fp32']:.4f}  int8 {r['map50_95_int8']:.4f}  "
+            f"int8 (ORT) {r['map50_95_int8_ort']:.4f}",
+            f"  agreement with fp32 (F1@0.5) {r['agreement_f1']}",
+            f"  int8 speed-up at batch 8: {r['int8_speedup']}x (ORT's int8: {r['int8_ort_speedup']}x)"]))
+        return 0
+
+    with open_detector(args) as detector:
+        rows = throughput(detector, args.batch, args.repeats)
+    lines = [f"{detector.config.name} {detector.precision} on {detector.backend.name} (640x480 frames, "
+             f"median of {args.repeats})"]
+    lines += [f"batch {r['batch']:>3}: raw backend {r['raw_backend_fps']:>8} frames/s   end to end "
+              f"{r['end_to_end_fps']:>8} frames/s   efficiency {r['efficiency']:.3f}   "
+              f"x{r['speedup_vs_first']} vs batch {rows[0]['batch']}" for r in rows]
+    emit(rows, args.json, "\n".join(lines))
+    return 0
+
+
+def register(sub: Subcommands) -> None:
+    """Add this group's subcommands to the ``trtserve`` parser."""
+    p = model_command(sub, "demo", "detect on the sample video; write an annotated video and a JSON summary")
+    p.add_argument("--out", type=Path, default=Path("build/demo"), help="output folder (default build/demo)")
+    p.add_argument("--video", type=Path, default=None, help="a video file instead of the bundled sample")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8",
+                   help="default int8, watched by an FP32 shadow (see --shadow-rate)")
+    p.add_argument("--shadow-rate", type=float, default=None, metavar="R",
+                   help="fraction of batches compared with the FP32 shadow (default 0.25 for int8, 0 for fp32)")
+    p.add_argument("--in-process", action="store_true", help="detect in this process instead of over gRPC")
+    p.set_defaults(func=cmd_demo)
+
+    p = model_command(sub, "bench", "'streams' (default): concurrent streams against a server beside the raw engine; "
+                      "'throughput': in-process, raw backend vs end to end per batch size; "
+                      "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static")
+    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration"], default="streams")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
+    p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
+    p.add_argument("--server", help="a running server (bench streams); default: start one here")
+    p.add_argument("--kserve", action="store_true", help="drive the KServe v2 API with tritonclient")
+    p.add_argument("--raw", action="store_true",
+                   help="bench streams: send raw BGR pixels instead of JPEG (trtserve.v1; no decoding in the server)")
+    p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
+    p.add_argument("--eval-images", type=int, default=300, help="held-out images (bench calibration)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="bench throughput: timing repeats (default 20); bench streams: load runs, each beside the "
+                        "raw engine, medians reported (default 1); with --shadow-rate: off/on pairs (default 2, "
+                        "at most 5)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default=None,
+                   help="default fp32; int8 with --shadow-rate (the shadow is FP32)")
+    p.add_argument("--shadow-rate", type=float, metavar="R",
+                   help="bench streams with the FP32 shadow on R of the batches against off, in one run")
+    p.set_defaults(func=cmd_bench)

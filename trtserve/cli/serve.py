@@ -1,0 +1,150 @@
+"""``trtserve serve | stream | health``: the gRPC server, a video streamed to it, and its health probe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
+from trtserve.errors import RemoteCallError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from trtserve.repository import ModelRepository
+    from trtserve.serving.server import Server
+    from trtserve.serving.settings import load_server_settings
+
+    settings = load_server_settings(args.config, overrides={
+        "host": args.host, "grpc_port": args.grpc_port, "models": args.model or None, "precision": args.precision,
+        "workers": args.workers, "intra_op_threads": args.intra_op_threads,
+        "batcher.max_batch_size": args.max_batch_size,
+        "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances,
+        "tls.cert_file": args.tls_cert, "tls.key_file": args.tls_key, "tls.client_ca_file": args.tls_client_ca,
+        "auth.tokens_file": args.tokens_file, "metrics_port": args.metrics_port,
+        "drift.sample_rate": args.shadow_rate})
+
+    async def run() -> None:
+        server = Server(settings, ModelRepository(args.repository))
+        await server.start()
+        metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
+        sys.stderr.write(f"trtserve: serving {list(settings.models)} ({settings.precision}) on "
+                         f"{settings.host}:{server.port}{metrics}\n")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        sys.stderr.write("trtserve: draining\n")
+        await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import time
+
+    import cv2
+    import grpc
+    import numpy as np
+
+    from trtserve.client import DetectionClient, detections_of
+    from trtserve.v1 import detection_pb2 as pb
+    from trtserve.vision.draw import annotate
+    from trtserve.vision.video import Video
+
+    video = Video(int(args.source) if args.source.isdigit() else args.source)
+    fps_in = video.fps
+
+    writer = None
+    latencies: list[float] = []
+    ok_frames = errors = 0
+    t0 = last = time.monotonic()
+    try:
+        with DetectionClient(args.server, args.model, None if args.raw else args.jpeg_quality) as client:
+            names = tuple(client.model_info(args.model).classes)
+            for frame, answer in client.stream_frames(video.frames(args.frames), args.stream_id):
+                if answer.status != pb.STATUS_OK:
+                    errors += 1
+                    sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
+                    continue
+                ok_frames += 1
+                latencies.append(answer.timing.total_seconds)
+                if args.out is not None:
+                    if writer is None:
+                        h, w = frame.shape[:2]
+                        writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter.fourcc(*"mp4v"), fps_in, (w, h))
+                    writer.write(annotate(frame, detections_of(answer), names))
+                now = time.monotonic()
+                if now - last >= 1.0 and not args.json:
+                    sys.stderr.write(f"{ok_frames / (now - t0):6.1f} frames/s   server latency p50 "
+                                     f"{1000 * float(np.median(latencies[-100:])):.1f} ms\n")
+                    last = now
+    except grpc.RpcError as exc:
+        raise RemoteCallError(f"server {args.server}: {exc.code().name}: {exc.details()}") from None
+    finally:
+        video.close()
+        if writer is not None:
+            writer.release()
+    elapsed = time.monotonic() - t0
+    lat = np.array(latencies or [0.0]) * 1000
+    summary = {"frames": ok_frames, "errors": errors, "fps": round(ok_frames / elapsed, 1) if elapsed else 0.0,
+               "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    emit(summary, args.json, f"{ok_frames} frames ({errors} errors), {summary['fps']} frames/s, server latency "
+                              f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+    return 0 if errors == 0 else EXIT_USER_ERROR
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from trtserve.deploy.health import check_health, default_address
+
+    result = check_health(args.address or default_address(), args.service, args.timeout_s)
+    sys.stdout.write(f"{result.detail}\n")
+    return 0 if result.serving else 1
+
+
+def register(sub: Subcommands) -> None:
+    """Add this group's subcommands to the ``trtserve`` parser."""
+    p = sub.add_parser("serve", help="serve models over gRPC (trtserve.v1, health, reflection)")
+    p.add_argument("--config", type=Path, help="server YAML (precedence: file < TRTSERVE_* env < flags)")
+    p.add_argument("--host")
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--model", action="append", help="model to load (repeatable; the first is the default)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--workers", type=int, help="decode/inference worker threads")
+    p.add_argument("--intra-op-threads", type=int,
+                   help="ONNX Runtime threads per batch (default: cores / instances)")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-queue-delay-ms", type=float)
+    p.add_argument("--instances", type=int, help="concurrent batches per model")
+    p.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA bundle for client certificates: enables mutual TLS")
+    p.add_argument("--tokens-file", help="bearer tokens, one per line: calls without one are UNAUTHENTICATED")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 8002; 0: any free port)")
+    p.add_argument("--shadow-rate", type=float, metavar="R",
+                   help="compare this fraction of batches with the FP32 shadow, for every model (0 turns it off)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stream", help="stream a video file, camera or RTSP/HTTP URL to a server")
+    p.add_argument("source", metavar="SOURCE", help="video file, camera index (0) or rtsp:// / http:// URL")
+    p.add_argument("--server", default="127.0.0.1:8001")
+    p.add_argument("--model", default="")
+    p.add_argument("--stream-id", default="stream-0")
+    p.add_argument("--out", type=Path, help="write the annotated video here")
+    p.add_argument("--frames", type=int, default=0, help="stop after this many frames (0: all)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--jpeg-quality", type=int, default=90)
+    enc.add_argument("--raw", action="store_true", help="send raw BGR pixels instead of JPEG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("health", help="ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (1)")
+    p.add_argument("--address", help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001)")
+    p.add_argument("--service", default="", help="a model name, or '' (default) for the whole server")
+    p.add_argument("--timeout-s", type=float, default=3.0)
+    p.set_defaults(func=cmd_health)
