@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,34 @@ class BackendOptions:
     spin_wait: bool = True
     precision: str = "fp32"  # set by Detector.open; tells onnxruntime's TensorRT provider what to enable
     execution_contexts: int = 0  # tensorrt: concurrent batches (0: one per optimization profile of the engine)
+
+
+class HostFacts(Protocol):
+    """What ``trtserve doctor`` found on this host (its report), as a backend reads it to say what it can run."""
+
+    gpus: list[dict[str, str]]
+    l4t: str | None
+    cuda_runtime: str | None
+    tensorrt: str | None
+    dla_cores: int | None
+    onnxruntime: str | None
+    onnxruntime_providers: list[str]
+
+
+@dataclass(frozen=True)
+class BackendSupport:
+    """Whether a backend can run on a host, at which precisions, and if not, why (``trtserve doctor``)."""
+
+    available: bool
+    precisions: tuple[str, ...] = ()
+    why_not: str | None = None
+    providers: tuple[str, ...] | None = None  # the runtime's own execution providers, where it has them
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"available": self.available}
+        if self.providers is not None:
+            d["providers"] = list(self.providers)
+        return {**d, "precisions": list(self.precisions), "why_not": self.why_not}
 
 
 class Backend(abc.ABC):
@@ -72,6 +100,11 @@ class Backend(abc.ABC):
     def device(self) -> str:
         """Where the model runs, in a word or two (``cpu``, ``cuda:0``, a GPU name); for build info."""
         return "unknown"
+
+    @classmethod
+    @abc.abstractmethod
+    def support(cls, host: HostFacts) -> BackendSupport:
+        """What this backend can run on ``host`` (for ``trtserve doctor``); never raises, never loads a model."""
 
     @classmethod
     def model_file(cls, config: ModelConfig, precision: str) -> Path:

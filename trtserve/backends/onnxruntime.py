@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends.base import Backend, TensorInfo
+from trtserve.backends.base import Backend, BackendSupport, HostFacts, TensorInfo
 from trtserve.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,16 @@ def _info(arg: Any) -> TensorInfo:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
+    @classmethod
+    def support(cls, host: HostFacts) -> BackendSupport:
+        providers = tuple(host.onnxruntime_providers)
+        if host.onnxruntime is None:
+            return BackendSupport(False, (), "onnxruntime is not installed", providers)
+        precisions: tuple[str, ...] = ("fp32", "int8 (Q/DQ model)")
+        if "CUDAExecutionProvider" in providers or "TensorrtExecutionProvider" in providers:
+            precisions += ("fp16",)
+        return BackendSupport(True, precisions, None, providers)
+
     def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
         import onnxruntime as ort
 
@@ -87,7 +97,7 @@ class OnnxRuntimeBackend(Backend):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen: list[Any] = list(wanted)
         if "TensorrtExecutionProvider" in wanted:
-            from trtserve.deploy.doctor import first_gpu
+            from trtserve.tensorrt.cuda import first_gpu
 
             cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, first_gpu())
             cache.mkdir(parents=True, exist_ok=True)

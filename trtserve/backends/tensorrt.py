@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends.base import Backend, TensorInfo
+from trtserve.backends.base import Backend, BackendSupport, HostFacts, TensorInfo
 from trtserve.errors import BackendError, InvalidFrameError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -142,6 +142,32 @@ def _stream_handle(stream: Any) -> int:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+
+    @classmethod
+    def support(cls, host: HostFacts) -> BackendSupport:
+        """The build paths ``trtserve build`` takes for the installed TensorRT (the same rules, not restated)."""
+        import importlib.util
+
+        from trtserve.tensorrt.builder import DLA_MIN_TRT11, TrtVersion
+
+        if host.tensorrt is None:
+            return BackendSupport(False, (), "TensorRT is not installed")
+        if not (host.gpus or host.l4t):
+            return BackendSupport(False, (), "no NVIDIA GPU found")
+        if host.cuda_runtime is None:
+            return BackendSupport(False, (), "cuda-python is missing or the CUDA runtime failed")
+        version = TrtVersion.parse(host.tensorrt)
+        major = version.major
+        fp16 = "fp16"
+        if major >= 11:  # strongly typed only: FP16 needs an FP16 ONNX, converted by onnxconverter-common
+            fp16 = "fp16 (converted FP16 ONNX)" if importlib.util.find_spec("onnxconverter_common") else \
+                "fp16 only with artifacts.fp16 (onnxconverter-common missing: pip install 'trtserve[gpu]')"
+        precisions = ["fp32", fp16, "int8 (Q/DQ, strongly typed)"] if major >= 10 else ["fp32", fp16]
+        if major < 11:
+            precisions.append("int8 (calibration cache, implicit)")
+        if host.dla_cores and (major < 11 or version >= DLA_MIN_TRT11):  # the rule `trtserve build` applies
+            precisions.append(f"DLA cores 0..{host.dla_cores - 1} (fp16/int8, --dla-core)")
+        return BackendSupport(True, tuple(precisions))
 
     @classmethod
     def model_file(cls, config: ModelConfig, precision: str) -> Path:

@@ -7,10 +7,11 @@ import importlib.util
 import platform
 import re
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trtserve.tensorrt.cuda import nvidia_smi
 
 L4T_RELEASE_FILE = Path("/etc/nv_tegra_release")
 # L4T (Jetson Linux) release -> JetPack, for the releases this project targets
@@ -45,34 +46,10 @@ def parse_l4t_release(text: str) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def _nvidia_smi() -> tuple[list[dict[str, str]], str | None, str]:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return [], None, "nvidia-smi not found: no NVIDIA driver on this host (or not in PATH)"
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
-        return [], None, f"nvidia-smi failed: {exc}"
-    gpus, driver = [], None
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4:
-            gpus.append({"name": parts[0], "compute_capability": parts[1], "memory": parts[2]})
-            driver = parts[3]
-    return gpus, driver, "" if gpus else "nvidia-smi lists no GPU"
-
-
-def first_gpu() -> dict[str, str] | None:
-    """Name and compute capability of the first GPU nvidia-smi lists, or None."""
-    gpus, _, _ = _nvidia_smi()
-    return gpus[0] if gpus else None
-
-
 def diagnose() -> Report:
     """Inspect the host. Never raises for a missing component: it is reported with the reason."""
     report = Report(python=platform.python_version(), machine=platform.machine())
-    report.gpus, report.driver, why = _nvidia_smi()
+    report.gpus, report.driver, why = nvidia_smi()
     if why:
         report.notes.append(why)
     if L4T_RELEASE_FILE.is_file():
@@ -108,7 +85,7 @@ def diagnose() -> Report:
         report.onnxruntime_providers = list(ort.get_available_providers())
     except ImportError:
         report.notes.append("onnxruntime not installed")
-    report.backends = _backends(report)
+    report.backends = backend_support(report)
     report.gpu_metrics = _gpu_metrics(report)
     return report
 
@@ -124,39 +101,11 @@ def _gpu_metrics(r: Report) -> str:
     return "off: no NVIDIA GPU"
 
 
-def _backends(r: Report) -> dict[str, dict[str, Any]]:
-    ort_ok = r.onnxruntime is not None
-    providers = r.onnxruntime_providers
-    ort_precisions = ["fp32", "int8 (Q/DQ model)"] if ort_ok else []
-    if "CUDAExecutionProvider" in providers or "TensorrtExecutionProvider" in providers:
-        ort_precisions.append("fp16")
-    trt_why = None
-    if r.tensorrt is None:
-        trt_why = "TensorRT is not installed"
-    elif not (r.gpus or r.l4t):
-        trt_why = "no NVIDIA GPU found"
-    elif r.cuda_runtime is None:
-        trt_why = "cuda-python is missing or the CUDA runtime failed"
-    trt_precisions: list[str] = []
-    if trt_why is None and r.tensorrt is not None:
-        from trtserve.tensorrt.builder import DLA_MIN_TRT11, TrtVersion
+def backend_support(r: Report) -> dict[str, dict[str, Any]]:
+    """What each registered backend says it can run on this host (its ``support``), by name."""
+    from trtserve.backends.registry import BACKENDS
 
-        version = TrtVersion.parse(r.tensorrt)
-        major = version.major
-        fp16 = "fp16"
-        if major >= 11:  # strongly typed only: FP16 needs an FP16 ONNX, converted by onnxconverter-common
-            fp16 = "fp16 (converted FP16 ONNX)" if importlib.util.find_spec("onnxconverter_common") else \
-                "fp16 only with artifacts.fp16 (onnxconverter-common missing: pip install 'trtserve[gpu]')"
-        trt_precisions = ["fp32", fp16, "int8 (Q/DQ, strongly typed)"] if major >= 10 else ["fp32", fp16]
-        if major < 11:
-            trt_precisions.append("int8 (calibration cache, implicit)")
-        if r.dla_cores and (major < 11 or version >= DLA_MIN_TRT11):  # the rule `trtserve build` applies
-            trt_precisions.append(f"DLA cores 0..{r.dla_cores - 1} (fp16/int8, --dla-core)")
-    return {
-        "onnxruntime": {"available": ort_ok, "providers": providers, "precisions": ort_precisions,
-                        "why_not": None if ort_ok else "onnxruntime is not installed"},
-        "tensorrt": {"available": trt_why is None, "precisions": trt_precisions, "why_not": trt_why},
-    }
+    return {name: BACKENDS.load(name).support(r).as_dict() for name in BACKENDS.names()}
 
 
 def render(report: Report) -> str:

@@ -8,6 +8,8 @@ the error and raises :class:`BackendError` naming the call, so no failure passes
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,3 +94,28 @@ class CudaRuntime:
     def copy_to_host(self, host_ptr: int, device_ptr: int, size_bytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self.call("cudaMemcpyAsync", host_ptr, device_ptr, size_bytes, kind, stream)
+
+
+def nvidia_smi() -> tuple[list[dict[str, str]], str | None, str]:
+    """(GPUs as name / compute capability / memory, driver version, why none) from ``nvidia-smi``; never raises."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], None, "nvidia-smi not found: no NVIDIA driver on this host (or not in PATH)"
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return [], None, f"nvidia-smi failed: {exc}"
+    gpus, driver = [], None
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            gpus.append({"name": parts[0], "compute_capability": parts[1], "memory": parts[2]})
+            driver = parts[3]
+    return gpus, driver, "" if gpus else "nvidia-smi lists no GPU"
+
+
+def first_gpu() -> dict[str, str] | None:
+    """Name and compute capability of the first GPU nvidia-smi lists, or None."""
+    gpus, _, _ = nvidia_smi()
+    return gpus[0] if gpus else None

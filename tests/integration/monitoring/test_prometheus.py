@@ -27,7 +27,7 @@ from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
-from ..conftest import ENGINES, ROOT, require_tool
+from ...conftest import ENGINES, ROOT, require_tool
 
 
 def _get(url: str) -> Any:

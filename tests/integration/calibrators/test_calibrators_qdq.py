@@ -15,7 +15,7 @@ from calibrators.qdq import write_qdq
 from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene
 from trtserve.vision.preprocess import Preprocessor
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 MODEL = ENGINES / "shapes" / "model.onnx"
 

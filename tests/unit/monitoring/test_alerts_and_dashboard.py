@@ -11,7 +11,7 @@ from prometheus_client.core import HistogramMetricFamily
 
 from trtserve.monitoring.metrics import Metrics
 
-from ..conftest import ROOT, require_tool
+from ...conftest import ROOT, require_tool
 
 MONITORING = ROOT / "monitoring"
 NAME = re.compile(r"\b(trtserve_[a-z0-9_]+|process_[a-z0-9_]+)")

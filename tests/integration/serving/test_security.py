@@ -19,7 +19,7 @@ from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 
 def _cert(name: str, issuer_key, issuer_name, key, ca: bool = False, san: str | None = None):  # type: ignore[no-untyped-def]

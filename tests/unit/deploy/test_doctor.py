@@ -3,7 +3,7 @@ import json
 import pytest
 
 from trtserve.cli import main
-from trtserve.deploy.doctor import Report, _backends, _gpu_metrics, parse_l4t_release
+from trtserve.deploy.doctor import Report, _gpu_metrics, backend_support, parse_l4t_release
 
 
 def test_runs_here_and_says_why_tensorrt_is_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,7 +33,7 @@ def test_l4t_release_line() -> None:
 def test_int8_paths_follow_the_tensorrt_version(version: str, int8_paths: list[str]) -> None:
     r = Report(python="3.10", machine="aarch64", gpus=[{"name": "Orin", "compute_capability": "8.7",
                                                          "memory": "-"}], tensorrt=version, cuda_runtime="12.6")
-    got = _backends(r)["tensorrt"]
+    got = backend_support(r)["tensorrt"]
     assert got["available"] and [p for p in got["precisions"] if p.startswith("int8")] == int8_paths
 
 

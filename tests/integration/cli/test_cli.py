@@ -13,7 +13,7 @@ from trtserve.bench.demo import SAMPLE_FRAMES
 from trtserve.cli import main
 from trtserve.datasets.synthetic import render_scene
 
-from ..conftest import ENGINES, ROOT
+from ...conftest import ENGINES, ROOT
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

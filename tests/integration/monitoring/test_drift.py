@@ -27,7 +27,7 @@ from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 SHADOW_ALL = DriftSpec(enabled=True, sample_rate=1.0, max_pending=64, min_window_frames=16, agreement_threshold=0.9)
 

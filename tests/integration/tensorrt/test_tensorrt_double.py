@@ -24,8 +24,8 @@ from trtserve.repository import ModelRepository
 from trtserve.tensorrt.builder import EngineBuildError, TensorRTUnavailableError, build_engine
 from trtserve.tensorrt.keys import BuildSettings, default_settings
 
-from ..conftest import ENGINES
-from ..doubles.gpu_host import FakeHost, install
+from ...conftest import ENGINES
+from ...doubles.gpu_host import FakeHost, install
 
 VERSIONS = [("8.5.2", "cuda.cudart"), ("8.6.2", "cuda.bindings.runtime"), ("10.3.0", "cuda.cudart"),
             ("10.13.0", "cuda.bindings.runtime"), ("11.4.1", "cuda.bindings.runtime")]

@@ -14,7 +14,7 @@ from trtserve.cli import main
 from trtserve.config import load_model_config
 from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from trtserve.client import DetectionClient
 from trtserve.datasets.synthetic import evaluation_set
 from trtserve.serving.process import start_server_process, stop_server_process
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from trtserve.serving.server import Server, ServerSettings
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
-from ..conftest import ENGINES
+from ...conftest import ENGINES
 
 
 def raw_request(image, stream: str, seq: int) -> pb.DetectRequest:  # type: ignore[no-untyped-def]
