@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.errors import InvalidFrameError
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 from trtserve.vision.detections import Detections
@@ -45,7 +46,7 @@ def make_request(frame: Frame, model: str = "", jpeg_quality: int | None = 90) -
     else:
         ok, buf = cv2.imencode(".jpg", frame.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         if not ok:
-            raise ValueError("OpenCV could not JPEG-encode the frame")
+            raise InvalidFrameError("OpenCV could not JPEG-encode the frame; send a BGR uint8 image (H x W x 3)")
         request.image.encoded = buf.tobytes()
     return request
 

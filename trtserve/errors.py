@@ -96,3 +96,11 @@ class BackendError(ServerError):
     """The inference backend failed while running a batch."""
 
     grpc_code = "INTERNAL"
+
+
+class TensorRTUnavailableError(ConfigError):
+    """TensorRT (or the CUDA runtime bindings) is not installed on this host."""
+
+
+class EngineBuildError(ModelLoadError):
+    """TensorRT refused to parse or build the network; the message says which node or setting and what to do."""

@@ -14,8 +14,9 @@ import pytest
 from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
 from trtserve.repository import ModelRepository
-from trtserve.tensorrt.builder import TrtVersion, build_engine
+from trtserve.tensorrt.builder import build_engine
 from trtserve.tensorrt.keys import BuildSettings
+from trtserve.tensorrt.plan import TrtVersion
 
 from ..conftest import ENGINES
 

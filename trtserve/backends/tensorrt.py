@@ -148,7 +148,7 @@ class TensorRTBackend(Backend):
         """The build paths ``trtserve build`` takes for the installed TensorRT (the same rules, not restated)."""
         import importlib.util
 
-        from trtserve.tensorrt.builder import DLA_MIN_TRT11, TrtVersion
+        from trtserve.tensorrt.plan import DLA_MIN_TRT11, TrtVersion
 
         if host.tensorrt is None:
             return BackendSupport(False, (), "TensorRT is not installed")
@@ -173,9 +173,10 @@ class TensorRTBackend(Backend):
     def model_file(cls, config: ModelConfig, precision: str) -> Path:
         """The engine built for this host (GPU, TensorRT version, current ONNX); built now if
         ``engine.auto_build`` is set, else ModelLoadError with the ``trtserve build`` command."""
-        from trtserve.tensorrt.builder import TrtVersion, build_engine, import_tensorrt, source_hashes
+        from trtserve.tensorrt.builder import build_engine, import_tensorrt
         from trtserve.tensorrt.cuda import CudaRuntime
         from trtserve.tensorrt.keys import default_settings, select_engine
+        from trtserve.tensorrt.plan import TrtVersion, source_hashes
 
         trt = import_tensorrt()
         cuda = CudaRuntime()
@@ -198,9 +199,10 @@ class TensorRTBackend(Backend):
         return getattr(self, "_device", "unknown")
 
     def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        from trtserve.tensorrt.builder import TrtVersion, import_tensorrt, make_logger
+        from trtserve.tensorrt.builder import import_tensorrt, make_logger
         from trtserve.tensorrt.cuda import CudaRuntime
         from trtserve.tensorrt.keys import read_record
+        from trtserve.tensorrt.plan import TrtVersion
 
         trt = import_tensorrt()
         self._cuda: CudaRuntime = CudaRuntime()

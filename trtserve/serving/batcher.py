@@ -25,7 +25,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError, TrtserveError
+from trtserve.errors import (
+    BackendError,
+    ConfigError,
+    DeadlineExceededError,
+    NotServingError,
+    QueueFullError,
+    TrtserveError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +66,11 @@ class DynamicBatcher(Generic[T, R]):
                  max_queue_delay_ms: float, max_queue_size: int, preferred_batch_sizes: Sequence[int] = (),
                  instances: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or max_queue_delay_ms < 0:
-            raise ValueError("max_batch_size, max_queue_size and instances must be >= 1, "
+            raise ConfigError("max_batch_size, max_queue_size and instances must be >= 1, "
                              "max_queue_delay_ms >= 0")
         bad = [p for p in preferred_batch_sizes if not 1 <= p <= max_batch_size]
         if bad:
-            raise ValueError(f"preferred batch sizes {bad} are outside 1..{max_batch_size}")
+            raise ConfigError(f"preferred batch sizes {bad} are outside 1..{max_batch_size}")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0

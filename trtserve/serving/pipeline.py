@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.detector import BatchRun, Detector, Frame
-from trtserve.errors import ModelNotFoundError, code_name
+from trtserve.errors import ConfigError, ModelNotFoundError, code_name
 from trtserve.heads.base import Thresholds
 from trtserve.monitoring.drift import DriftMonitor
 from trtserve.monitoring.metrics import Metrics, ModelMetrics
@@ -66,7 +66,7 @@ class Pipeline:
                  metrics: Metrics | None = None, drift: DriftMonitor | None = None) -> None:
         cfg = batcher or BatcherConfig(max_batch_size=detector.config.max_batch_size)
         if cfg.max_batch_size > detector.config.max_batch_size:
-            raise ValueError(f"batcher max_batch_size {cfg.max_batch_size} exceeds the model's max_batch_size "
+            raise ConfigError(f"batcher max_batch_size {cfg.max_batch_size} exceeds the model's max_batch_size "
                              f"{detector.config.max_batch_size}")
         self.detector = detector
         self.settings = cfg

@@ -19,8 +19,9 @@ from trtserve import __version__
 from trtserve.backends.base import BackendOptions
 from trtserve.config import DriftSpec, apply_drift_block
 from trtserve.detector import Detector
+from trtserve.monitoring.devices import device_collectors
 from trtserve.monitoring.drift import DriftMonitor
-from trtserve.monitoring.metrics import Metrics, device_collectors, start_metrics_http
+from trtserve.monitoring.metrics import Metrics, start_metrics_http
 from trtserve.repository import ModelRepository
 from trtserve.serving.detection_service import DetectionService
 from trtserve.serving.grpc_metrics import MetricsInterceptor

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.config import InputSpec
+from trtserve.errors import InvalidFrameError
 from trtserve.vision.letterbox import Letterbox, letterbox
 
 
@@ -45,7 +46,7 @@ class Preprocessor:
         order, alpha, beta = self._order, self._alpha, self._beta
         for frame, dst in zip(letterboxed, tensor):
             if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-                raise ValueError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
+                raise InvalidFrameError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
                                  f"expected uint8[{h}, {w}, 3]")
             if self.spec.layout == "nchw" and self.dtype == np.float32:
                 # one C++ pass per channel plane straight into the batch (cv2.addWeighted with src2 weighted 0):

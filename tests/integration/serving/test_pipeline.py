@@ -8,7 +8,7 @@ import pytest
 
 from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
-from trtserve.errors import InvalidFrameError
+from trtserve.errors import ConfigError, InvalidFrameError
 from trtserve.serving.pipeline import BatcherConfig, Pipeline
 
 
@@ -52,5 +52,5 @@ def test_bad_frame_fails_alone_and_thresholds_are_per_frame(shapes: Detector) ->
 
 
 def test_batcher_cannot_exceed_the_model(shapes: Detector) -> None:
-    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="exceeds the model's max_batch_size"):
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ConfigError, match="exceeds the model's max_batch_size"):
         Pipeline(shapes, pool, BatcherConfig(max_batch_size=64))

@@ -19,9 +19,9 @@ from trtserve.cli import main
 from trtserve.config import ModelConfig
 from trtserve.datasets.synthetic import evaluation_set
 from trtserve.detector import Detector
-from trtserve.errors import ConfigError, InvalidFrameError, ModelLoadError
+from trtserve.errors import ConfigError, EngineBuildError, InvalidFrameError, ModelLoadError, TensorRTUnavailableError
 from trtserve.repository import ModelRepository
-from trtserve.tensorrt.builder import EngineBuildError, TensorRTUnavailableError, build_engine
+from trtserve.tensorrt.builder import build_engine
 from trtserve.tensorrt.keys import BuildSettings, default_settings
 
 from ...conftest import ENGINES
@@ -249,7 +249,7 @@ def test_without_tensorrt_build_exits_2_and_says_what_to_do(capsys: pytest.Captu
 def test_drift_coverage_reads_the_ranges_the_engine_was_built_from(monkeypatch: pytest.MonkeyPatch,
                                                                    repo: ModelRepository, version: str,
                                                                    source: str) -> None:
-    from trtserve.monitoring.drift import calibrated_ranges
+    from trtserve.monitoring.ranges import calibrated_ranges
 
     install(monkeypatch, version)
     config = repo.get("shapes")

@@ -10,8 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trtserve.config import DriftSpec
 from trtserve.errors import ConfigError
-from trtserve.monitoring.drift import compare_detections, compare_raw, out_of_range_fraction, qdq_ranges
-from trtserve.monitoring.metrics import Metrics, ModelMetrics, parse_tegrastats, start_metrics_http
+from trtserve.monitoring.devices import parse_tegrastats
+from trtserve.monitoring.metrics import Metrics, ModelMetrics, start_metrics_http
+from trtserve.monitoring.ranges import qdq_ranges
+from trtserve.monitoring.shadow import compare_detections, compare_raw, out_of_range_fraction
 from trtserve.serving.settings import load_server_settings
 from trtserve.vision.detections import Detections
 

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from trtserve.errors import BackendError, DeadlineExceededError, NotServingError, QueueFullError
+from trtserve.errors import BackendError, ConfigError, DeadlineExceededError, NotServingError, QueueFullError
 from trtserve.serving.batcher import DynamicBatcher
 
 
@@ -135,5 +135,5 @@ def test_preferred_sizes_and_bad_settings() -> None:
 
     b = DynamicBatcher(noop, max_batch_size=8, max_queue_delay_ms=1, max_queue_size=10, preferred_batch_sizes=[4, 2])
     assert [b._batch_size(n) for n in (1, 3, 5, 9)] == [1, 2, 4, 8]
-    with pytest.raises(ValueError, match=r"outside 1\.\.8"):
+    with pytest.raises(ConfigError, match=r"outside 1\.\.8"):
         DynamicBatcher(noop, max_batch_size=8, max_queue_delay_ms=1, max_queue_size=10, preferred_batch_sizes=[16])

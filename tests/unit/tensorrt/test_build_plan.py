@@ -9,9 +9,10 @@ from trtserve.backends.onnxruntime import ort_cache_dir, provider_options
 from trtserve.config import ModelConfig
 from trtserve.errors import ConfigError, ModelLoadError
 from trtserve.repository import ModelRepository
-from trtserve.tensorrt.builder import Sources, TrtVersion, convert_fp16, plan_build, sources_of
 from trtserve.tensorrt.cuda import DeviceInfo
+from trtserve.tensorrt.fp16 import convert_fp16
 from trtserve.tensorrt.keys import BuildSettings, EngineRecord, engine_key
+from trtserve.tensorrt.plan import Sources, TrtVersion, plan_build, sources_of
 
 FP32, QDQ, FP16 = Path("model.onnx"), Path("model.int8.tensorrt.onnx"), Path("model.fp16.onnx")
 CACHES = {8502: Path("c8502"), 8602: Path("c8602"), 100300: Path("c100300")}

@@ -1,0 +1,198 @@
+"""The package's layering, read from the source: which stage may import which, and no import cycle.
+
+Every ``import`` counts, the lazy ones inside functions too (they are dependencies all the same); only
+``if TYPE_CHECKING:`` blocks are left out (annotations, never run). The rules, from the bottom up:
+
+* ``calibrators`` is a library of its own: it never imports ``trtserve``.
+* ``trtserve.errors`` imports nothing; ``config`` only errors and the two plugin tables (``backends.registry``,
+  ``heads.registry``, which import only ``trtserve.registry``), so validation never loads a plugin.
+* ``vision`` (frames, letterbox, detections, video) imports no other trtserve package but config / errors.
+* the seams a frame passes through (``heads``, ``backends``) and the TensorRT build side (``tensorrt``) sit on
+  vision / config; ``detector`` on them; the stages (``calibration``, ``monitoring``, ``serving``) on the detector.
+* ``serving`` never imports ``cli``, ``bench`` or ``deploy``; ``monitoring`` never imports ``serving``; no library
+  package imports ``cli`` or ``bench`` (the tools on top); ``cli`` is imported by nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("trtserve", "calibrators")
+
+# component -> the components it may import (besides itself). A component is a subpackage of trtserve
+# (trtserve.serving), a top-level module (trtserve.config), or one of the plugin tables named apart.
+BASE = {"trtserve", "trtserve.errors"}  # the version and the error hierarchy: anyone may import them
+ALLOWED: dict[str, set[str]] = {
+    "calibrators": set(),
+    "trtserve": set(),
+    "trtserve.errors": set(),
+    "trtserve.registry": BASE,
+    "trtserve.backends.registry": BASE | {"trtserve.registry"},
+    "trtserve.heads.registry": BASE | {"trtserve.registry"},
+    "trtserve.config": BASE | {"trtserve.backends.registry", "trtserve.heads.registry"},
+    "trtserve.protogen": BASE,
+    "trtserve.v1": BASE,
+    "trtserve.vision": BASE | {"trtserve.config"},
+    "trtserve.datasets": BASE | {"trtserve.vision"},
+    "trtserve.repository": BASE | {"trtserve.config"},
+    "trtserve.heads": BASE | {"trtserve.config", "trtserve.vision", "trtserve.heads.registry"},
+    "trtserve.tensorrt": BASE | {"trtserve.config", "calibrators"},
+    "trtserve.backends": BASE | {"trtserve.config", "trtserve.backends.registry", "trtserve.tensorrt"},
+    "trtserve.detector": BASE | {"trtserve.config", "trtserve.vision", "trtserve.heads", "trtserve.heads.registry",
+                                 "trtserve.backends", "trtserve.backends.registry"},
+    "trtserve.client": BASE | {"trtserve.vision", "trtserve.v1"},
+    "trtserve.training": BASE | {"trtserve.datasets", "trtserve.vision"},
+}
+SEAMS = {"trtserve.config", "trtserve.vision", "trtserve.heads", "trtserve.heads.registry", "trtserve.backends",
+         "trtserve.backends.registry", "trtserve.detector", "trtserve.repository", "calibrators"}
+ALLOWED["trtserve.calibration"] = BASE | SEAMS | {"trtserve.datasets"}
+ALLOWED["trtserve.monitoring"] = BASE | SEAMS | {"trtserve.tensorrt"}
+ALLOWED["trtserve.serving"] = BASE | SEAMS | {"trtserve.monitoring", "trtserve.v1"}
+ALLOWED["trtserve.deploy"] = BASE | SEAMS | {"trtserve.serving", "trtserve.monitoring", "trtserve.tensorrt"}
+ALLOWED["trtserve.bench"] = BASE | SEAMS | {"trtserve.serving", "trtserve.monitoring", "trtserve.calibration",
+                                            "trtserve.datasets", "trtserve.client", "trtserve.v1"}
+ALLOWED["trtserve.cli"] = set(ALLOWED) - {"trtserve.cli"}  # the thin adapter over everything; nothing imports it
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def component(module: str) -> str:
+    """``trtserve.serving.server`` -> ``trtserve.serving``; the plugin tables and top-level modules stand alone."""
+    if module.startswith("calibrators"):
+        return "calibrators"
+    parts = module.split(".")
+    if ".".join(parts[:3]) in ("trtserve.backends.registry", "trtserve.heads.registry"):
+        return ".".join(parts[:3])
+    return ".".join(parts[:2])
+
+
+def sources() -> Iterator[tuple[str, Path]]:
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "_pb2" not in path.name:
+                yield module_name(path), path
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+class _Imports(ast.NodeVisitor):
+    """Every import statement's target modules, outside ``if TYPE_CHECKING:``; with ``top_level_only``, not those
+    inside functions (which run only when called)."""
+
+    def __init__(self, package: str, top_level_only: bool) -> None:
+        self.package, self.top_level_only = package, top_level_only
+        self.found: list[tuple[str, int]] = []
+
+    def visit_If(self, node: ast.If) -> None:
+        for child in node.orelse if _type_checking(node) else [*node.body, *node.orelse]:
+            self.visit(child)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if not self.top_level_only:
+            self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815 - ast.NodeVisitor's naming
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.found += [(a.name, node.lineno) for a in node.names]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:  # relative: from the package, up level - 1
+            parts = self.package.split(".")
+            base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
+        self.found.append((base, node.lineno))
+        self.found += [(f"{base}.{a.name}", node.lineno) for a in node.names]  # a submodule, when it is one
+
+
+def imports(module: str, path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
+    """(imported module, line) for the imports of ``module``'s source that name a module of trtserve/calibrators."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    visitor = _Imports(package, top_level_only)
+    visitor.visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    known = {m for m, _ in sources()}
+    return [(name, line) for name, line in visitor.found if name in known]
+
+
+def test_the_rules_themselves_have_no_cycle() -> None:
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def walk(node: str, trail: list[str]) -> None:
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", f"the layering rules have a cycle: {' -> '.join([*trail, node])}"
+        state[node] = "open"
+        for below in sorted(ALLOWED[node]):
+            walk(below, [*trail, node])
+        state[node] = "done"
+        order.append(node)
+
+    for name in ALLOWED:
+        walk(name, [])
+    assert len(order) == len(ALLOWED)
+
+
+def test_every_import_follows_the_layering() -> None:
+    violations = []
+    for module, path in sources():
+        own = component(module)
+        assert own in ALLOWED, f"{module}: component {own} has no layering rule; add it to ALLOWED"
+        for target, line in imports(module, path):
+            other = component(target)
+            if other != own and other not in ALLOWED[own]:
+                violations.append(f"{path.relative_to(ROOT)}:{line}: {own} imports {target} ({other} is not below it)")
+    assert not violations, "\n".join(violations)
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Module-level imports only: those run at import time, where a cycle breaks (lazy imports cannot)."""
+    graph = {module: sorted({t for t, _ in imports(module, path, top_level_only=True) if t != module})
+             for module, path in sources()}
+    state: dict[str, str] = {}
+
+    def walk(node: str, trail: list[str]) -> None:
+        if state.get(node) == "done":
+            return
+        if state.get(node) == "open":
+            pytest.fail(f"import cycle: {' -> '.join([*trail[trail.index(node):], node])}")
+        state[node] = "open"
+        for target in graph.get(node, []):
+            walk(target, [*trail, node])
+        state[node] = "done"
+
+    for name in graph:
+        walk(name, [])
+
+
+def test_subpackage_inits_import_nothing() -> None:
+    """So that importing one module of a stage loads nothing else (``trtserve health`` starts in ~0.15 s)."""
+    heavy = []
+    for module, path in sources():
+        if path.name == "__init__.py" and module.startswith("trtserve."):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
+                heavy.append(module)
+    assert not heavy, f"these __init__ modules import at load time: {heavy}"
+
+
+def test_the_checker_sees_a_violation() -> None:
+    """The rules bite: a vision module importing the serving layer would be reported."""
+    assert "trtserve.serving" not in ALLOWED["trtserve.vision"]
+    assert component("trtserve.serving.server") == "trtserve.serving"
+    assert component("trtserve.heads.registry") == "trtserve.heads.registry"
+    assert component("trtserve.heads.yolov8") == "trtserve.heads"
+    found = dict(imports("trtserve.detector", ROOT / "trtserve" / "detector.py"))
+    assert "trtserve.heads.factory" in found and "trtserve.backends.registry" in found

@@ -1,0 +1,215 @@
+"""The FP32 shadow's side of drift monitoring: what runs in the shadow's own process, and the comparisons.
+
+The shadow runs in a process of its own: its Python work (decoding, matching, coverage) never holds the
+server's GIL, so a descheduled low-priority shadow cannot stall the serving threads, and a crash of the
+shadow cannot take the server down. :func:`shadow_open`, :func:`shadow_compare` and :func:`shadow_close` are
+what the server submits to that process (module-level, so they pickle); :class:`ShadowSetup` is all it gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trtserve.backends.base import BackendOptions, TensorInfo
+from trtserve.backends.registry import backend_class
+from trtserve.config import ModelConfig
+from trtserve.detector import infer_padded
+from trtserve.heads.base import Head, Thresholds
+from trtserve.monitoring.ranges import Range
+from trtserve.vision.detections import Detections
+from trtserve.vision.letterbox import Letterbox
+from trtserve.vision.matching import MatchCounts, match_pairs
+
+logger = logging.getLogger(__name__)
+
+
+def with_extra_outputs(model_path: Path, tensors: Sequence[str], folder: Path) -> tuple[Path, list[str]]:
+    """A copy of an ONNX model that also outputs those of ``tensors`` its nodes compute; (path, added names)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_path))
+    computed = {o for node in model.graph.node for o in node.output}
+    present = {o.name for o in model.graph.output}
+    added = [t for t in tensors if t in computed]
+    for name in added:
+        if name not in present:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    out = folder / f"{model_path.stem}.shadow.onnx"
+    onnx.save(model, str(out))
+    return out, added
+
+
+@dataclass(frozen=True)
+class FrameDrift:
+    """One sampled frame compared with the shadow."""
+
+    counts: MatchCounts  # served = candidate, shadow = reference
+    score_abs_diff_sum: float
+    cosine: float | None = None  # raw-output models
+    relative_l2: float | None = None
+    out_of_range: dict[str, float] | None = None  # tensor label -> fraction outside its calibrated range
+
+    @property
+    def mean_score_abs_diff(self) -> float:
+        tp = self.counts.true_positives
+        return self.score_abs_diff_sum / tp if tp else 0.0
+
+
+def compare_detections(served: Detections, shadow: Detections, iou_threshold: float) -> FrameDrift:
+    pairs = match_pairs(served.boxes_xyxy, served.scores, served.class_ids, shadow.boxes_xyxy, shadow.class_ids,
+                        iou_threshold)
+    counts = MatchCounts.from_pairs(pairs, len(served.scores), len(shadow.scores))
+    diff = sum(abs(float(served.scores[i]) - float(shadow.scores[j])) for i, j, _ in pairs)
+    return FrameDrift(counts, diff)
+
+
+def compare_raw(served: NDArray[np.generic], shadow: NDArray[np.generic]) -> tuple[float, float]:
+    """Cosine similarity and relative L2 (``|a - b| / |b|``) of one frame's raw outputs."""
+    a = np.asarray(served, np.float64).ravel()
+    b = np.asarray(shadow, np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    cosine = 1.0 if na == nb == 0 else float(a @ b) / (na * nb) if na and nb else 0.0
+    rel = float(np.linalg.norm(a - b)) / nb if nb else (0.0 if na == 0 else 1.0)
+    return cosine, rel
+
+
+def out_of_range_fraction(values: NDArray[np.generic], bounds: Range) -> tuple[int, int]:
+    """(values outside ``bounds``, values) of one frame's tensor."""
+    v = np.asarray(values)
+    outside = int(np.count_nonzero((v < bounds[0]) | (v > bounds[1])))
+    return outside, int(v.size)
+
+
+def _lowest_priority() -> None:
+    """Give this process (and the threads it starts) only CPU time nobody else wants.
+
+    Linux: SCHED_IDLE (pid 0: the calling thread, the only one at this point), else nice 19.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
+    except (AttributeError, OSError) as exc:
+        logger.info("shadow process keeps normal priority: %s", exc)
+
+
+@dataclass(frozen=True)
+class ShadowSetup:
+    """Everything the shadow process needs (picklable)."""
+
+    config: ModelConfig
+    backend: str
+    precision: str
+    options: BackendOptions
+    input_name: str
+    head: Head  # the served model's head (its type resolved), to decode the shadow's outputs alike
+    head_outputs: tuple[str, ...]
+    ranges: dict[str, Range]
+    coverage_tensors: tuple[str, ...]
+    iou_threshold: float
+
+
+@dataclass(frozen=True)
+class ShadowInfo:
+    """What the shadow process loaded: for the same-network check and the coverage series."""
+
+    model_path: Path
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]  # the model's own outputs (extra coverage outputs left out)
+    coverage_labels: list[str]
+    unreadable: list[str]  # calibrated tensors the shadow model does not compute
+
+
+class _Shadow:
+    def __init__(self, setup: ShadowSetup) -> None:
+        self.setup = setup
+        kind = backend_class(setup.backend)
+        self.source = kind.model_file(setup.config, setup.precision)  # an engine for a tensorrt shadow
+        self.scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-")
+        path, readable = self.source, list[str]()
+        extra = [t for t in setup.ranges if t != setup.input_name]
+        if extra and self.source.suffix == ".onnx":
+            path, readable = with_extra_outputs(self.source, extra, Path(self.scratch.name))
+        self.backend = kind(path, setup.options).load()
+        self.unreadable = [t for t in extra if t not in readable]
+        self.ranges = {t: r for t, r in setup.ranges.items() if t not in self.unreadable}
+        labels = {"all": [t for t in self.ranges if t != setup.input_name]}
+        if setup.input_name in self.ranges:
+            labels["input"] = [setup.input_name]
+        labels.update({t: [t] for t in setup.coverage_tensors if t in self.ranges})
+        self.coverage = {k: v for k, v in labels.items() if v}  # nothing to read: no series
+
+    def info(self) -> ShadowInfo:
+        head = set(self.setup.head_outputs)
+        own = [t for t in self.backend.outputs if t.name in head or t.name not in self.ranges]
+        return ShadowInfo(self.source, self.backend.inputs, own, list(self.coverage), self.unreadable)
+
+    def compare(self, tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
+                geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+        setup = self.setup
+        shadow_in = self.backend.inputs[0]
+        tensor = tensor.astype(shadow_in.dtype, copy=False)
+        fixed = shadow_in.shape[0]
+        outputs = infer_padded(self.backend, setup.input_name, tensor, fixed if isinstance(fixed, int) else None)
+        head_outputs = {k: outputs[k] for k in setup.head_outputs}
+        if isinstance(served, dict):  # a raw head: compare the tensors themselves
+            frames = []
+            for i in range(len(geometries)):
+                pairs = [compare_raw(served[k][i], head_outputs[k][i]) for k in setup.head_outputs]
+                frames.append(FrameDrift(MatchCounts(), 0.0, float(np.mean([p[0] for p in pairs])),
+                                         float(np.mean([p[1] for p in pairs]))))
+        else:
+            shadow_dets = setup.head.decode_each(head_outputs, geometries, thresholds)
+            frames = [compare_detections(s, f, setup.iou_threshold) for s, f in zip(served, shadow_dets)]
+        if not self.coverage:
+            return frames
+        return [FrameDrift(f.counts, f.score_abs_diff_sum, f.cosine, f.relative_l2,
+                           self._coverage(i, tensor, outputs)) for i, f in enumerate(frames)]
+
+    def _coverage(self, i: int, tensor: NDArray[np.generic], outputs: dict[str, NDArray[np.generic]]
+                  ) -> dict[str, float]:
+        ratios: dict[str, float] = {}
+        for label, tensors in self.coverage.items():
+            outside = total = 0
+            for t in tensors:
+                values = tensor[i] if t == self.setup.input_name else outputs[t][i]
+                o, n = out_of_range_fraction(values, self.ranges[t])
+                outside, total = outside + o, total + n
+            ratios[label] = outside / total if total else 0.0
+        return ratios
+
+
+_shadow: _Shadow | None = None  # in the shadow process
+
+
+def shadow_open(setup: ShadowSetup) -> ShadowInfo:
+    global _shadow
+    _lowest_priority()
+    _shadow = _Shadow(setup)
+    return _shadow.info()
+
+
+def shadow_compare(tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
+                    geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+    assert _shadow is not None, "the shadow process was not opened"
+    return _shadow.compare(tensor, served, geometries, thresholds)
+
+
+def shadow_close() -> None:
+    global _shadow
+    if _shadow is not None:
+        _shadow.backend.close()
+        _shadow.scratch.cleanup()
+        _shadow = None
