@@ -4,8 +4,8 @@ Labels are only ever model, precision, method, code, outcome, stage and tensor (
 never a stream or frame id, so the series count does not grow with traffic. Everything is served in the
 Prometheus text format on its own HTTP port (:func:`start_metrics_http`).
 
-The device collectors (NVML on datacenter GPUs, jetson-stats or tegrastats on Jetson) are optional:
-each logs once why it is off when it is; process CPU and memory are always exported.
+Process CPU and memory are always exported; GPU utilisation and memory come from the optional device
+collectors of :mod:`trtserve.monitoring.devices`.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ the TensorRT calibration cache its sidecar names. The shadow measures live traff
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.detector import Detector
+if TYPE_CHECKING:
+    from trtserve.detector import Detector
 
 Range = tuple[float, float]  # the float interval a quantized tensor can represent
 

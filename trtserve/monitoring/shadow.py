@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,10 +24,12 @@ from trtserve.backends.registry import backend_class
 from trtserve.config import ModelConfig
 from trtserve.detector import infer_padded
 from trtserve.heads.base import Head, Thresholds
-from trtserve.monitoring.ranges import Range
 from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts, match_pairs
+
+if TYPE_CHECKING:
+    from trtserve.monitoring.ranges import Range
 
 logger = logging.getLogger(__name__)
 
