@@ -16,13 +16,41 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from trtserve.calibration.report import JsonReport
 from trtserve.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class CalibrationBenchReport(JsonReport):
+    """``trtserve bench calibration``: ours against ONNX Runtime's ``quantize_static`` (``_ort``), rounded as printed.
+
+    Ratios are ours / ONNX Runtime's; speed-ups are end-to-end frames/s at batch 8 against FP32's.
+    """
+
+    frames: int  # calibration frames, the same for both
+    rss_ratio_vs_ort: float  # peak RSS of the calibrating process
+    time_ratio_vs_ort: float  # wall time of the calibrating process
+    peak_rss_mb: float
+    peak_rss_mb_ort: float
+    seconds: float
+    seconds_ort: float
+    map50_95_fp32: float
+    map50_95_int8: float
+    map50_95_int8_ort: float
+    map50_fp32: float
+    map50_int8: float
+    map50_int8_ort: float
+    agreement_f1: float  # our INT8's detections against FP32's (F1 at IoU 0.5)
+    int8_speedup: float
+    int8_speedup_raw_backend: float  # backend.infer alone instead of end to end
+    int8_ort_speedup: float
+    fps_batch8: Mapping[str, float]  # fp32 | int8 | int8_ort -> end-to-end frames/s at batch 8
 
 
 def _frames(folder: Path) -> list[np.ndarray]:
@@ -91,11 +119,11 @@ def _measure(which: str, repository: Path, model: str, images: Path, out: Path) 
     return {"seconds": float(result["seconds"]), "peak_rss_bytes": float(usage.ru_maxrss * 1024)}
 
 
-def run(config: ModelConfig, num_frames: int = 64, eval_images: int = 300) -> dict[str, Any]:
+def run(config: ModelConfig, num_frames: int = 64, eval_images: int = 300) -> CalibrationBenchReport:
     """Run the whole comparison on a scratch copy of ``config``'s model folder."""
-    from trtserve.bench.throughput import throughput
+    from trtserve.bench.throughput import ThroughputRow, throughput
+    from trtserve.calibration.compare import compare_precisions
     from trtserve.calibration.evaluation import evaluate
-    from trtserve.calibration.run import compare_precisions
     from trtserve.config import load_model_config
     from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene, write_coco
     from trtserve.detector import Detector
@@ -115,28 +143,28 @@ def run(config: ModelConfig, num_frames: int = 64, eval_images: int = 300) -> di
         ort_config = ModelConfig(**{**local.__dict__, "artifacts": {**local.artifacts, "int8": ort_model}})
         with Detector.open(ort_config, "int8") as detector:
             ort_map = evaluate(detector, eval_images)
-        speed = {}
+        speed: dict[str, ThroughputRow] = {}
         for precision in ("fp32", "int8"):
             with Detector.open(local, precision) as detector:
                 speed[precision] = throughput(detector, [8], repeats=15)[0]
         with Detector.open(ort_config, "int8") as detector:
             speed["int8_ort"] = throughput(detector, [8], repeats=15)[0]
-    return {
-        "frames": num_frames,
-        "rss_ratio_vs_ort": round(ours["peak_rss_bytes"] / theirs["peak_rss_bytes"], 3),
-        "time_ratio_vs_ort": round(ours["seconds"] / theirs["seconds"], 3),
-        "peak_rss_mb": round(ours["peak_rss_bytes"] / 2**20, 1),
-        "peak_rss_mb_ort": round(theirs["peak_rss_bytes"] / 2**20, 1),
-        "seconds": round(ours["seconds"], 1), "seconds_ort": round(theirs["seconds"], 1),
-        "map50_95_fp32": accuracy["map50_95_fp32"], "map50_95_int8": accuracy["map50_95_int8"],
-        "map50_95_int8_ort": ort_map.map50_95, "map50_fp32": accuracy["map50_fp32"],
-        "map50_int8": accuracy["map50_int8"], "map50_int8_ort": ort_map.map50,
-        "agreement_f1": accuracy["agreement_f1"],
-        "int8_speedup": round(speed["int8"]["end_to_end_fps"] / speed["fp32"]["end_to_end_fps"], 3),
-        "int8_speedup_raw_backend": round(speed["int8"]["raw_backend_fps"] / speed["fp32"]["raw_backend_fps"], 3),
-        "int8_ort_speedup": round(speed["int8_ort"]["end_to_end_fps"] / speed["fp32"]["end_to_end_fps"], 3),
-        "fps_batch8": {k: v["end_to_end_fps"] for k, v in speed.items()},
-    }
+    return CalibrationBenchReport(
+        frames=num_frames,
+        rss_ratio_vs_ort=round(ours["peak_rss_bytes"] / theirs["peak_rss_bytes"], 3),
+        time_ratio_vs_ort=round(ours["seconds"] / theirs["seconds"], 3),
+        peak_rss_mb=round(ours["peak_rss_bytes"] / 2**20, 1),
+        peak_rss_mb_ort=round(theirs["peak_rss_bytes"] / 2**20, 1),
+        seconds=round(ours["seconds"], 1), seconds_ort=round(theirs["seconds"], 1),
+        map50_95_fp32=accuracy.map50_95_fp32, map50_95_int8=accuracy.map50_95_int8,
+        map50_95_int8_ort=ort_map.map50_95, map50_fp32=accuracy.map50_fp32,
+        map50_int8=accuracy.map50_int8, map50_int8_ort=ort_map.map50,
+        agreement_f1=accuracy.agreement_f1,
+        int8_speedup=round(speed["int8"].end_to_end_fps / speed["fp32"].end_to_end_fps, 3),
+        int8_speedup_raw_backend=round(speed["int8"].raw_backend_fps / speed["fp32"].raw_backend_fps, 3),
+        int8_ort_speedup=round(speed["int8_ort"].end_to_end_fps / speed["fp32"].end_to_end_fps, 3),
+        fps_batch8={k: v.end_to_end_fps for k, v in speed.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.calibration.report import OMIT_WHEN_NONE, JsonReport
 from trtserve.datasets.synthetic import video_frames, write_video
 from trtserve.detector import Detector
 from trtserve.serving.process import start_server_process, stop_server_process
@@ -33,8 +34,57 @@ SAMPLE_FRAMES = 300
 
 
 @dataclass(frozen=True)
+class GroundTruthAgreement(JsonReport):
+    """The demo's detections against the bundled sample's ground truth (IoU 0.5, same class)."""
+
+    f1_iou50: float
+    mean_iou: float  # of the matched pairs
+    missed: int  # ground-truth boxes no detection matched
+    extra: int  # detections that matched no ground-truth box
+
+
+@dataclass(frozen=True)
+class DemoDrift(JsonReport):
+    """The server's drift window after a demo over gRPC: the served precision against its FP32 shadow."""
+
+    shadow_precision: str
+    samples: int  # frames compared
+    skipped: int  # sampled batches skipped while the shadow was busy
+    agreement_f1: float  # served vs shadow detections at IoU 0.5
+    mean_iou: float
+    out_of_range_ratio: float  # activations outside the calibrated range
+    below_threshold: bool  # agreement_f1 under the model's drift agreement_threshold, on a full enough window
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSummary(JsonReport):
+    """The demo's summary (``summary.json``, ``--json``); the fields that do not apply to a run are None.
+
+    ``server``, ``mean_batch_size`` and ``server_exit_code`` are set over gRPC only, ``drift`` too when the
+    server ran the shadow; ``batch_size`` in-process only; ``ground_truth`` on the bundled sample only.
+    """
+
+    mode: str  # grpc | in-process
+    server: str | None = field(default=None, metadata=OMIT_WHEN_NONE)  # the server's address
+    model: str
+    precision: str
+    video: str
+    batch_size: int | None = field(default=None, metadata=OMIT_WHEN_NONE)  # frames per Detector.detect call
+    frames: int
+    detections: int
+    detections_per_class: Mapping[str, int]  # class name -> detections, by name
+    fps: float  # frames detected, annotated and written per second
+    annotated_video: str
+    ground_truth: GroundTruthAgreement | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    mean_batch_size: float | None = field(default=None, metadata=OMIT_WHEN_NONE)  # the server's, since it started
+    drift: DemoDrift | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # after SIGTERM; 0 when the server drained and stopped cleanly
+    server_exit_code: int | None = field(default=None, metadata=OMIT_WHEN_NONE)
+
+
+@dataclass(frozen=True)
 class DemoResult:
-    summary: dict[str, Any]
+    summary: DemoSummary
     annotated_video: Path
     summary_json: Path
 
@@ -47,9 +97,15 @@ def sample_video(directory: Path) -> Path:
     return path
 
 
+def _write_summary(summary: DemoSummary, path: Path) -> None:
+    path.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+
+
 def _write_and_summarize(pairs: Iterator[tuple[NDArray[np.uint8], Detections]], out_dir: Path, fps: float,
                          class_names: tuple[str, ...], with_truth: bool, progress_total: int,
-                         progress: bool, header: dict[str, Any]) -> DemoResult:
+                         progress: bool, header: Callable[..., DemoSummary]) -> DemoResult:
+    """Annotate and tally ``pairs`` into ``out_dir``; ``header`` is :class:`DemoSummary` with the run's own
+    fields bound (mode, model, precision, video, and server or batch_size), to which this adds the tally."""
     from tqdm import tqdm
 
     truth = video_frames(SAMPLE_FRAMES) if with_truth else None
@@ -77,15 +133,14 @@ def _write_and_summarize(pairs: Iterator[tuple[NDArray[np.uint8], Detections]], 
             if writer is not None:
                 writer.release()
     elapsed = time.perf_counter() - t0
-    summary: dict[str, Any] = {**header, "frames": frames, "detections": detections_total,
-                               "detections_per_class": dict(sorted(per_class.items())),
-                               "fps": round(frames / elapsed, 1) if elapsed else 0.0,
-                               "annotated_video": str(annotated_path)}
-    if truth is not None:
-        summary["ground_truth"] = {"f1_iou50": round(counts.f1, 4), "mean_iou": round(counts.mean_iou, 4),
-                                   "missed": counts.false_negatives, "extra": counts.false_positives}
+    ground_truth = None if truth is None else GroundTruthAgreement(
+        f1_iou50=round(counts.f1, 4), mean_iou=round(counts.mean_iou, 4), missed=counts.false_negatives,
+        extra=counts.false_positives)
+    summary = header(frames=frames, detections=detections_total, detections_per_class=dict(sorted(per_class.items())),
+                     fps=round(frames / elapsed, 1) if elapsed else 0.0, annotated_video=str(annotated_path),
+                     ground_truth=ground_truth)
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    _write_summary(summary, summary_path)
     return DemoResult(summary, annotated_path, summary_path)
 
 
@@ -104,8 +159,8 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
                     raise RuntimeError(f"demo frame failed: {result.error}")
                 yield frame, result.detections
 
-    header = {"mode": "in-process", "model": detector.config.name, "precision": detector.precision,
-              "video": str(source), "batch_size": batch_size}
+    header = partial(DemoSummary, mode="in-process", model=detector.config.name, precision=detector.precision,
+                     video=str(source), batch_size=batch_size)
     return _write_and_summarize(pairs(), out_dir, fps, detector.config.class_names, video is None, count,
                                 progress, header)
 
@@ -137,8 +192,8 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                         raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
                     yield frame, detections_of(answer)
 
-            header = {"mode": "grpc", "server": address, "model": model, "precision": precision,
-                      "video": str(source)}
+            header = partial(DemoSummary, mode="grpc", server=address, model=model, precision=precision,
+                             video=str(source))
             result = _write_and_summarize(pairs(), out_dir, fps, names, video is None, count, progress, header)
             info = client.model_info(model)
             for _ in range(20):  # let the shadow finish the samples still in flight (it runs at idle priority)
@@ -148,15 +203,16 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
                 settled, info = info, client.model_info(model)
                 if info.drift.samples == settled.drift.samples:
                     break
-            result.summary["mean_batch_size"] = round(info.stats.mean_batch_size, 2)
+            mean_batch_size = round(info.stats.mean_batch_size, 2)
+            drift: DemoDrift | None = None
             if info.HasField("drift"):
                 d = info.drift
-                result.summary["drift"] = {
-                    "shadow_precision": d.shadow_precision, "samples": d.samples, "skipped": d.skipped,
-                    "agreement_f1": round(d.agreement_f1, 4), "mean_iou": round(d.mean_iou, 4),
-                    "out_of_range_ratio": round(d.out_of_range_ratio, 6), "below_threshold": d.below_threshold}
+                drift = DemoDrift(
+                    shadow_precision=d.shadow_precision, samples=d.samples, skipped=d.skipped,
+                    agreement_f1=round(d.agreement_f1, 4), mean_iou=round(d.mean_iou, 4),
+                    out_of_range_ratio=round(d.out_of_range_ratio, 6), below_threshold=d.below_threshold)
     finally:
         exit_code = stop_server_process(server)
-    result.summary["server_exit_code"] = exit_code
-    result.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n")
-    return result
+    summary = replace(result.summary, mean_batch_size=mean_batch_size, drift=drift, server_exit_code=exit_code)
+    _write_summary(summary, result.summary_json)
+    return replace(result, summary=summary)

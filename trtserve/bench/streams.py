@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,80 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.calibration.report import JsonReport
 from trtserve.datasets.synthetic import video_frames
 from trtserve.errors import UsageError
+
+
+@dataclass(frozen=True)
+class StreamsReport(JsonReport):
+    """What :func:`run` measured (see the module docstring), rounded as printed.
+
+    Throughput, raw-engine figures, efficiency and CPU costs are medians over the ``runs`` unpaced runs;
+    the latency percentiles come from the one paced run at ``latency_load_fraction`` of the peak.
+    """
+
+    protocol: str  # trtserve.v1 | kserve
+    frames: str  # what was sent: jpeg | raw (BGR pixels)
+    streams: int
+    frames_per_stream: int
+    runs: int
+    frames_sent: int  # over all the runs, the paced one included
+    answered: int  # frames that got an answer of any kind (detections, DROPPED or an error)
+    fps: float  # answered with detections, per second, unpaced
+    raw_backend_fps: float  # the better of raw_one_call_fps and raw_concurrent_fps
+    raw_one_call_fps: float  # one backend call at a time, on all the runtime's threads
+    raw_concurrent_fps: float  # ``instances`` calls at once: the server's arrangement
+    instances: int  # the server's
+    batch_compute_ms: float  # one batch of raw_batch frames, as the server computes it
+    efficiency: float  # fps / raw_backend_fps
+    efficiency_runs: tuple[float, ...]  # per unpaced run
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    latency_load_fraction: float  # of the peak fps, the paced run's offered load
+    paced_fps: float
+    p99_bound_ms: float  # max_queue_delay_ms + 3 batches
+    peak_p99_ms: float  # p99 of the first unpaced run (its own backlog)
+    mean_batch: float  # the server's, over the unpaced runs
+    raw_batch: int  # the batch size the raw engine was measured at
+    dropped: int
+    errors: int
+    lost: int  # sent but never answered
+    max_queue_delay_ms: float  # the server's
+    engine_device: str
+    engine_cpu_ms_per_frame: float
+    client_cpu_ms_per_frame: float
+    server_cpu_ms_per_frame: float | None  # None when the server did not run here
+    cpu_bound_efficiency_ceiling: float | None  # None unless the server ran here on a CPU engine
+
+
+@dataclass(frozen=True)
+class ShadowReport(JsonReport):
+    """What :func:`run_shadow` measured: the FP32 shadow off against on, medians over ``repeats`` pairs."""
+
+    streams: int
+    frames_per_stream: int
+    frames: str  # jpeg | raw
+    precision: str  # served; the shadow is FP32
+    shadow_rate: float  # fraction of batches the shadow compared when on
+    repeats: int  # off/on pairs
+    latency_load_fraction: float  # of the first shadow-off peak, the paced runs' offered load
+    fps_shadow_off: float
+    fps_shadow_on: float
+    p99_ms_shadow_off: float
+    p99_ms_shadow_on: float
+    shadow_throughput_ratio: float  # on / off
+    shadow_p99_ratio: float  # on / off
+    shadow_throughput_ratios: tuple[float, ...]  # per pair: the spread is the noise
+    shadow_p99_ratios: tuple[float, ...]
+    drift_agreement_f1: float | None  # the last shadow-on server's drift window (None: no shadow-on run)
+    drift_out_of_range_ratio: float | None
+    shadow_samples: int  # frames compared, over the shadow-on servers
+    shadow_skipped: int  # sampled batches skipped while the shadow was busy
+    metrics_overhead_us_per_frame: float
+    metrics_overhead_fraction: float  # of a frame's time at fps_shadow_on
+    lost: int  # sent but never answered, over every run
 
 
 def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int) -> tuple[float, float]:
@@ -183,7 +256,7 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
 
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
         server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7,
-        runs: int = 1) -> dict[str, Any]:
+        runs: int = 1) -> StreamsReport:
     """Run the load and the raw-engine measurement; returns the report (see the module docstring).
 
     ``runs`` unpaced runs (peak throughput), each followed by the raw engine measured at the same batch
@@ -273,33 +346,36 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
 
-    def median(key: str, digits: int) -> float | None:
-        values = [p[key] for p in pairs]
-        return None if None in values else round(float(np.median(values)), digits)
+    def median(key: str, digits: int) -> float:
+        return round(float(np.median([p[key] for p in pairs])), digits)
+
+    def median_if_known(key: str, digits: int) -> float | None:
+        """None when some run lacks the figure (no server CPU time unless it runs here; no ceiling off CPU)."""
+        return None if any(p[key] is None for p in pairs) else median(key, digits)
 
     loads = [p["load"] for p in pairs]
     lat = paced["latencies"]
     sent = streams * frames_per_stream * (runs + 1)
-    return {
-        "protocol": "kserve" if kserve else "trtserve.v1", "frames": "raw" if jpeg_quality is None else "jpeg",
-        "streams": streams, "frames_per_stream": frames_per_stream, "runs": runs,
-        "frames_sent": sent, "answered": sum(_answered(r) for r in (*loads, paced)),
-        "fps": median("fps", 1), "raw_backend_fps": median("raw_fps", 1),
-        "raw_one_call_fps": median("raw_one_call_fps", 1), "raw_concurrent_fps": median("raw_concurrent_fps", 1),
-        "instances": instances, "batch_compute_ms": round(batch_s * 1000, 2),
-        "efficiency": median("efficiency", 3), "efficiency_runs": [round(p["efficiency"], 3) for p in pairs],
-        "p50_ms": _percentile_ms(lat, 50), "p95_ms": _percentile_ms(lat, 95), "p99_ms": _percentile_ms(lat, 99),
-        "latency_load_fraction": load_fraction, "paced_fps": round(paced["ok"] / paced["elapsed_s"], 1),
-        "p99_bound_ms": round(max_queue_delay_ms + 3 * 1000 * batch_s, 2),  # one batch as the server computes it
-        "peak_p99_ms": _percentile_ms(loads[0]["latencies"], 99),
-        "mean_batch": round(float(np.median([r["mean_batch"] for r in loads])), 2), "raw_batch": batch,
-        "dropped": sum(r["dropped"] for r in (*loads, paced)), "errors": sum(r["errors"] for r in (*loads, paced)),
-        "lost": sent - sum(_answered(r) for r in (*loads, paced)),
-        "max_queue_delay_ms": max_queue_delay_ms,
-        "engine_device": device, "engine_cpu_ms_per_frame": median("engine_ms", 3),
-        "client_cpu_ms_per_frame": median("client_ms", 3), "server_cpu_ms_per_frame": median("server_ms", 3),
-        "cpu_bound_efficiency_ceiling": median("ceiling", 3),
-    }
+    return StreamsReport(
+        protocol="kserve" if kserve else "trtserve.v1", frames="raw" if jpeg_quality is None else "jpeg",
+        streams=streams, frames_per_stream=frames_per_stream, runs=runs,
+        frames_sent=sent, answered=sum(_answered(r) for r in (*loads, paced)),
+        fps=median("fps", 1), raw_backend_fps=median("raw_fps", 1),
+        raw_one_call_fps=median("raw_one_call_fps", 1), raw_concurrent_fps=median("raw_concurrent_fps", 1),
+        instances=instances, batch_compute_ms=round(batch_s * 1000, 2),
+        efficiency=median("efficiency", 3), efficiency_runs=tuple(round(p["efficiency"], 3) for p in pairs),
+        p50_ms=_percentile_ms(lat, 50), p95_ms=_percentile_ms(lat, 95), p99_ms=_percentile_ms(lat, 99),
+        latency_load_fraction=load_fraction, paced_fps=round(paced["ok"] / paced["elapsed_s"], 1),
+        p99_bound_ms=round(max_queue_delay_ms + 3 * 1000 * batch_s, 2),  # one batch as the server computes it
+        peak_p99_ms=_percentile_ms(loads[0]["latencies"], 99),
+        mean_batch=round(float(np.median([r["mean_batch"] for r in loads])), 2), raw_batch=batch,
+        dropped=sum(r["dropped"] for r in (*loads, paced)), errors=sum(r["errors"] for r in (*loads, paced)),
+        lost=sent - sum(_answered(r) for r in (*loads, paced)),
+        max_queue_delay_ms=max_queue_delay_ms,
+        engine_device=device, engine_cpu_ms_per_frame=median("engine_ms", 3),
+        client_cpu_ms_per_frame=median("client_ms", 3), server_cpu_ms_per_frame=median_if_known("server_ms", 3),
+        cpu_bound_efficiency_ceiling=median_if_known("ceiling", 3),
+    )
 
 
 def _metrics_overhead_us(model: str, precision: str, repeats: int = 20000) -> float:
@@ -316,7 +392,7 @@ def _metrics_overhead_us(model: str, precision: str, repeats: int = 20000) -> fl
 
 def run_shadow(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
                shadow_rate: float, repeats: int = 2, jpeg_quality: int | None = 90, load_fraction: float = 0.7
-               ) -> dict[str, Any]:
+               ) -> ShadowReport:
     """The same load with the FP32 shadow off and on (``shadow_rate``), alternating, each on a fresh server.
 
     Throughput is the unpaced peak; p99 is measured with cameras paced at ``load_fraction`` of the
@@ -361,20 +437,20 @@ def run_shadow(repository: Path | None, model: str, precision: str, streams: int
     overhead_us = _metrics_overhead_us(model, precision)
     fps_ratios = [on["fps"] / off["fps"] for on, off in zip(runs["on"], runs["off"])]
     p99_ratios = [on["p99_ms"] / off["p99_ms"] for on, off in zip(runs["on"], runs["off"])]
-    return {
-        "streams": streams, "frames_per_stream": frames_per_stream, "frames": "raw" if jpeg_quality is None else "jpeg",
-        "precision": precision, "shadow_rate": shadow_rate, "repeats": repeats, "latency_load_fraction": load_fraction,
-        "fps_shadow_off": round(med("off", "fps"), 1), "fps_shadow_on": round(med("on", "fps"), 1),
-        "p99_ms_shadow_off": round(med("off", "p99_ms"), 2), "p99_ms_shadow_on": round(med("on", "p99_ms"), 2),
-        "shadow_throughput_ratio": round(float(np.median(fps_ratios)), 3),
-        "shadow_p99_ratio": round(float(np.median(p99_ratios)), 3),
-        "shadow_throughput_ratios": [round(r, 3) for r in fps_ratios],  # per pair: the spread is the noise
-        "shadow_p99_ratios": [round(r, 3) for r in p99_ratios],
-        "drift_agreement_f1": round(drift.agreement_f1, 4) if drift is not None else None,
-        "drift_out_of_range_ratio": round(drift.out_of_range_ratio, 6) if drift is not None else None,
-        "shadow_samples": sum(r["samples"] for r in runs["on"]),
-        "shadow_skipped": sum(r["skipped"] for r in runs["on"]),
-        "metrics_overhead_us_per_frame": round(overhead_us, 2),
-        "metrics_overhead_fraction": round(overhead_us * 1e-6 * med("on", "fps"), 5),
-        "lost": sum(r["lost"] for mode in runs for r in runs[mode]),
-    }
+    return ShadowReport(
+        streams=streams, frames_per_stream=frames_per_stream, frames="raw" if jpeg_quality is None else "jpeg",
+        precision=precision, shadow_rate=shadow_rate, repeats=repeats, latency_load_fraction=load_fraction,
+        fps_shadow_off=round(med("off", "fps"), 1), fps_shadow_on=round(med("on", "fps"), 1),
+        p99_ms_shadow_off=round(med("off", "p99_ms"), 2), p99_ms_shadow_on=round(med("on", "p99_ms"), 2),
+        shadow_throughput_ratio=round(float(np.median(fps_ratios)), 3),
+        shadow_p99_ratio=round(float(np.median(p99_ratios)), 3),
+        shadow_throughput_ratios=tuple(round(r, 3) for r in fps_ratios),  # per pair: the spread is the noise
+        shadow_p99_ratios=tuple(round(r, 3) for r in p99_ratios),
+        drift_agreement_f1=round(drift.agreement_f1, 4) if drift is not None else None,
+        drift_out_of_range_ratio=round(drift.out_of_range_ratio, 6) if drift is not None else None,
+        shadow_samples=sum(r["samples"] for r in runs["on"]),
+        shadow_skipped=sum(r["skipped"] for r in runs["on"]),
+        metrics_overhead_us_per_frame=round(overhead_us, 2),
+        metrics_overhead_fraction=round(overhead_us * 1e-6 * med("on", "fps"), 5),
+        lost=sum(r["lost"] for mode in runs for r in runs[mode]),
+    )

@@ -7,7 +7,8 @@ artifact or none, never half of one):
 * ``model.int8.tensorrt.onnx`` — Q/DQ in the ``tensorrt`` placement (what ``trtserve build`` uses on
   TensorRT 10/11);
 * ``calibration.trt<NNNN>.cache`` — one TensorRT calibration cache per ``--trt-version``;
-* ``calibration.report.json`` — method, frames, time, per-tensor ranges, excluded layers, accuracy;
+* ``calibration.report.json`` — method, frames, time, per-tensor ranges, excluded layers, accuracy
+  (:class:`~trtserve.calibration.report.CalibrationReport`'s JSON form);
 
 and records them under ``artifacts`` in ``model.yaml``.
 """
@@ -25,7 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibrators.files import atomic_write_bytes
+from trtserve.calibration.compare import compare_precisions
 from trtserve.calibration.frames import FrameSource, batched_feeds
+from trtserve.calibration.report import CalibratedTensor, CalibrationArtifacts, CalibrationReport
 from trtserve.config import ModelConfig, load_model_config
 from trtserve.errors import CalibrationInputError, ConfigError
 from trtserve.vision.preprocess import Preprocessor
@@ -79,8 +82,11 @@ def detection_agreement(config: ModelConfig) -> Any:
 
 def run_calibration(config: ModelConfig, source: FrameSource, method: str = "entropy", batch: int | None = None,
                     percentile: float = 99.99, trt_versions: tuple[str, ...] = (), progress: bool = True,
-                    evaluate_images: int = 0, auto_exclude_target: float | None = None) -> dict[str, Any]:
+                    evaluate_images: int = 0, auto_exclude_target: float | None = None) -> CalibrationReport:
     """Calibrate ``config``'s FP32 model on ``source`` and write every artifact; returns the report.
+
+    The report is also written, as JSON, to ``calibration.report.json`` in the model's folder. With
+    ``evaluate_images`` > 0 it carries the FP32 vs INT8 comparison on that many held-out images.
 
     With ``auto_exclude_target`` the most sensitive layers are kept float until INT8 agrees with FP32 at
     least that much on the first calibration frames (see :mod:`calibrators.sensitivity`).
@@ -149,7 +155,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
                        "can compress confidences or empty the outputs", source.used, RECOMMENDED_MIN_FRAMES)
     directory = config.directory
     amax, nonneg = result.amax(), result.nonnegative()
-    auto: dict[str, Any] | None = None
+    auto: dict[str, object] | None = None
     extra_float: tuple[str, ...] = ()
     if auto_exclude_target is not None:
         from calibrators.sensitivity import auto_exclude, cosine_agreement
@@ -166,7 +172,7 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
     atomic_write_bytes(directory / QDQ_ORT_FILE, ort_model.SerializeToString())
     atomic_write_bytes(directory / QDQ_TRT_FILE, trt_model.SerializeToString())
     entries = {"int8": QDQ_ORT_FILE, "int8_tensorrt": QDQ_TRT_FILE}
-    caches = {}
+    caches: dict[str, str] = {}
     for version in trt_versions:
         cache_method = method if method in ("entropy", "minmax") else "entropy"
         cache = make_cache({t: amax[t] for t in trt_plan.activations}, version, cache_method)
@@ -174,43 +180,16 @@ def run_calibration(config: ModelConfig, source: FrameSource, method: str = "ent
         write_cache(cache, directory / name)
         caches[version] = name
         entries[f"calibration_cache_{cache.version_int}"] = name
-    report: dict[str, Any] = {
-        "model": config.name, "method": method, "frames_used": source.used, "frames_skipped": source.skipped,
-        "batches": result.batches, "seconds": round(result.seconds, 2),
-        "onnx_opset": max(o.version for o in ort_model.opset_import if o.domain in ("", "ai.onnx")),
-        "tensors": {name: {"amax": r.amax, "max_abs": r.max_abs, "nonnegative": r.min_value >= 0}
-                    for name, r in result.ranges.items()},
-        "excluded": ort_plan.reasons,
-        "auto_exclude": auto,
-        "artifacts": {"qdq_onnxruntime": QDQ_ORT_FILE, "qdq_tensorrt": QDQ_TRT_FILE, "trt_caches": caches},
-    }
     record_artifacts(config, entries)
-    if evaluate_images:
-        report["evaluation"] = compare_precisions(load_model_config(config.source_file or Path()), evaluate_images)
-    atomic_write_bytes(directory / REPORT_FILE, (json.dumps(report, indent=2) + "\n").encode())
+    evaluation = (compare_precisions(load_model_config(config.source_file or Path()), evaluate_images)
+                  if evaluate_images else None)
+    report = CalibrationReport(
+        model=config.name, method=method, frames_used=source.used, frames_skipped=source.skipped,
+        batches=result.batches, seconds=round(result.seconds, 2),
+        onnx_opset=max(o.version for o in ort_model.opset_import if o.domain in ("", "ai.onnx")),
+        tensors={name: CalibratedTensor(r.amax, r.max_abs, r.min_value >= 0) for name, r in result.ranges.items()},
+        excluded=ort_plan.reasons, auto_exclude=auto,
+        artifacts=CalibrationArtifacts(QDQ_ORT_FILE, QDQ_TRT_FILE, caches), evaluation=evaluation)
+    atomic_write_bytes(directory / REPORT_FILE, (json.dumps(report.as_dict(), indent=2) + "\n").encode())
     return report
 
-
-def compare_precisions(config: ModelConfig, num_images: int) -> dict[str, Any]:
-    """FP32 vs INT8 mAP on the held-out synthetic set and INT8's detection agreement with FP32."""
-    from trtserve.calibration.evaluation import evaluate
-    from trtserve.datasets.synthetic import evaluation_set
-    from trtserve.detector import Detector
-    from trtserve.vision.matching import MatchCounts, match
-
-    scores: dict[str, Any] = {}
-    answers = {}
-    for precision in ("fp32", "int8"):
-        with Detector.open(config, precision) as detector:
-            scores[precision] = evaluate(detector, num_images).as_dict()
-            answers[precision] = detector.detect([s.image_bgr for s in evaluation_set(num_images)])
-    total = MatchCounts()
-    for a, b in zip(answers["int8"], answers["fp32"]):
-        if a.detections is None or b.detections is None:
-            continue
-        total += match(a.detections.boxes_xyxy, a.detections.scores, a.detections.class_ids,
-                       b.detections.boxes_xyxy, b.detections.class_ids)
-    return {"map50_fp32": scores["fp32"]["map50"], "map50_95_fp32": scores["fp32"]["map50_95"],
-            "map50_int8": scores["int8"]["map50"], "map50_95_int8": scores["int8"]["map50_95"],
-            "agreement_f1": round(total.f1, 4), "agreement_mean_iou": round(total.mean_iou, 4),
-            "images": num_images}

@@ -20,19 +20,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = run_demo_over_grpc(args.repository, args.model, args.precision, args.out, args.video,
                                     progress=not args.json, shadow_rate=shadow)
     s = result.summary
-    how = f"over gRPC at {s['server']}, mean batch {s['mean_batch_size']}" if s["mode"] == "grpc" \
-        else f"in-process, batch {s['batch_size']}"
-    text = f"{s['frames']} frames, {s['detections']} detections, {s['fps']} frames/s ({how}, {s['precision']})\n"
-    if "ground_truth" in s:
-        g = s["ground_truth"]
-        text += f"agreement with ground truth: F1@0.5 {g['f1_iou50']}, mean IoU {g['mean_iou']}\n"
-    if "drift" in s:
-        d = s["drift"]
-        text += (f"{s['precision']} vs the {d['shadow_precision']} shadow on {d['samples']} sampled frames "
-                 f"({d['skipped']} samples skipped while it was busy): agreement F1@0.5 {d['agreement_f1']}, "
-                 f"{d['out_of_range_ratio']:.4%} of activations outside the calibrated range\n")
+    how = f"over gRPC at {s.server}, mean batch {s.mean_batch_size}" if s.mode == "grpc" \
+        else f"in-process, batch {s.batch_size}"
+    text = f"{s.frames} frames, {s.detections} detections, {s.fps} frames/s ({how}, {s.precision})\n"
+    if s.ground_truth is not None:
+        g = s.ground_truth
+        text += f"agreement with ground truth: F1@0.5 {g.f1_iou50}, mean IoU {g.mean_iou}\n"
+    if s.drift is not None:
+        d = s.drift
+        text += (f"{s.precision} vs the {d.shadow_precision} shadow on {d.samples} sampled frames "
+                 f"({d.skipped} samples skipped while it was busy): agreement F1@0.5 {d.agreement_f1}, "
+                 f"{d.out_of_range_ratio:.4%} of activations outside the calibrated range\n")
     text += f"annotated video: {result.annotated_video}\nsummary: {result.summary_json}"
-    emit(s, args.json, text)
+    emit(s.as_dict(), args.json, text)
     return 0
 
 
@@ -50,59 +50,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r = bench_streams.run_shadow(args.repository, args.model, args.precision, args.streams,
                                      args.frames_per_stream, args.shadow_rate, max(1, min(args.repeats, 5)),
                                      None if args.raw else 90)
-        emit(r, args.json, (
-            f"{r['streams']} streams, {r['precision']} served, FP32 shadow on {r['shadow_rate']:.0%} of batches "
-            f"vs off (median of {r['repeats']} pairs):\n"
-            f"  throughput {r['fps_shadow_on']} vs {r['fps_shadow_off']} frames/s "
-            f"(ratio {r['shadow_throughput_ratio']})\n  p99 at {r['latency_load_fraction']:.0%} load "
-            f"{r['p99_ms_shadow_on']} vs {r['p99_ms_shadow_off']} ms "
-            f"(ratio {r['shadow_p99_ratio']})\n  drift agreement F1 {r['drift_agreement_f1']} over "
-            f"{r['shadow_samples']} frames ({r['shadow_skipped']} samples skipped: shadow busy); metrics "
-            f"{r['metrics_overhead_us_per_frame']} us per frame"))
+        emit(r.as_dict(), args.json, (
+            f"{r.streams} streams, {r.precision} served, FP32 shadow on {r.shadow_rate:.0%} of batches "
+            f"vs off (median of {r.repeats} pairs):\n"
+            f"  throughput {r.fps_shadow_on} vs {r.fps_shadow_off} frames/s "
+            f"(ratio {r.shadow_throughput_ratio})\n  p99 at {r.latency_load_fraction:.0%} load "
+            f"{r.p99_ms_shadow_on} vs {r.p99_ms_shadow_off} ms "
+            f"(ratio {r.shadow_p99_ratio})\n  drift agreement F1 {r.drift_agreement_f1} over "
+            f"{r.shadow_samples} frames ({r.shadow_skipped} samples skipped: shadow busy); metrics "
+            f"{r.metrics_overhead_us_per_frame} us per frame"))
         return 0
     if args.what == "streams":
         from trtserve.bench import streams as bench_streams
 
-        r = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
+        s = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
                               args.server, args.kserve, None if args.raw else 90, runs=args.repeats)
-        server_cpu = r["server_cpu_ms_per_frame"]
-        emit(r, args.json, (
-            f"{r['streams']} streams x {r['frames_per_stream']} {r['frames']} frames over {r['protocol']}: "
-            f"{r['fps']} frames/s; "
-            f"raw engine at batch {r['raw_batch']}: {r['raw_backend_fps']} frames/s; efficiency {r['efficiency']}"
-            + (f" (medians of {r['runs']} runs; efficiency per run {r['efficiency_runs']})" if r["runs"] > 1 else "")
+        server_cpu = s.server_cpu_ms_per_frame
+        emit(s.as_dict(), args.json, (
+            f"{s.streams} streams x {s.frames_per_stream} {s.frames} frames over {s.protocol}: "
+            f"{s.fps} frames/s; "
+            f"raw engine at batch {s.raw_batch}: {s.raw_backend_fps} frames/s; efficiency {s.efficiency}"
+            + (f" (medians of {s.runs} runs; efficiency per run {list(s.efficiency_runs)})" if s.runs > 1 else "")
             + "\n"
-            f"latency p50 {r['p50_ms']} ms  p95 {r['p95_ms']} ms  p99 {r['p99_ms']} ms; mean batch {r['mean_batch']}; "
-            f"dropped {r['dropped']}, errors {r['errors']}, lost {r['lost']}\n"
+            f"latency p50 {s.p50_ms} ms  p95 {s.p95_ms} ms  p99 {s.p99_ms} ms; mean batch {s.mean_batch}; "
+            f"dropped {s.dropped}, errors {s.errors}, lost {s.lost}\n"
             f"CPU per frame: server {'(not started here)' if server_cpu is None else f'{server_cpu} ms'}, "
-            f"client {r['client_cpu_ms_per_frame']} ms, "
-            f"engine alone {r['engine_cpu_ms_per_frame']} ms"
-            + (f"; efficiency these allow with every core busy: {r['cpu_bound_efficiency_ceiling']}"
-               if r["cpu_bound_efficiency_ceiling"] is not None else "")))
+            f"client {s.client_cpu_ms_per_frame} ms, "
+            f"engine alone {s.engine_cpu_ms_per_frame} ms"
+            + (f"; efficiency these allow with every core busy: {s.cpu_bound_efficiency_ceiling}"
+               if s.cpu_bound_efficiency_ceiling is not None else "")))
         return 0
     if args.what == "calibration":
         from trtserve.bench import calibration as bench_calibration
         from trtserve.repository import ModelRepository
 
-        r = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images)
-        emit(r, args.json, "\n".join([
-            f"calibration on {r['frames']} frames, trtserve vs ONNX Runtime quantize_static (entropy, QDQ):",
-            f"  peak RSS   {r['peak_rss_mb']} MB vs {r['peak_rss_mb_ort']} MB  (ratio {r['rss_ratio_vs_ort']})",
-            f"  wall time  {r['seconds']} s vs {r['seconds_ort']} s  (ratio {r['time_ratio_vs_ort']})",
-            f"  mAP50-95   fp32 {r['map50_95_fp32']:.4f}  int8 {r['map50_95_int8']:.4f}  "
-            f"int8 (ORT) {r['map50_95_int8_ort']:.4f}",
-            f"  agreement with fp32 (F1@0.5) {r['agreement_f1']}",
-            f"  int8 speed-up at batch 8: {r['int8_speedup']}x (ORT's int8: {r['int8_ort_speedup']}x)"]))
+        c = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images)
+        emit(c.as_dict(), args.json, "\n".join([
+            f"calibration on {c.frames} frames, trtserve vs ONNX Runtime quantize_static (entropy, QDQ):",
+            f"  peak RSS   {c.peak_rss_mb} MB vs {c.peak_rss_mb_ort} MB  (ratio {c.rss_ratio_vs_ort})",
+            f"  wall time  {c.seconds} s vs {c.seconds_ort} s  (ratio {c.time_ratio_vs_ort})",
+            f"  mAP50-95   fp32 {c.map50_95_fp32:.4f}  int8 {c.map50_95_int8:.4f}  "
+            f"int8 (ORT) {c.map50_95_int8_ort:.4f}",
+            f"  agreement with fp32 (F1@0.5) {c.agreement_f1}",
+            f"  int8 speed-up at batch 8: {c.int8_speedup}x (ORT's int8: {c.int8_ort_speedup}x)"]))
         return 0
 
     with open_detector(args) as detector:
         rows = throughput(detector, args.batch, args.repeats)
     lines = [f"{detector.config.name} {detector.precision} on {detector.backend.name} (640x480 frames, "
              f"median of {args.repeats})"]
-    lines += [f"batch {r['batch']:>3}: raw backend {r['raw_backend_fps']:>8} frames/s   end to end "
-              f"{r['end_to_end_fps']:>8} frames/s   efficiency {r['efficiency']:.3f}   "
-              f"x{r['speedup_vs_first']} vs batch {rows[0]['batch']}" for r in rows]
-    emit(rows, args.json, "\n".join(lines))
+    lines += [f"batch {r.batch:>3}: raw backend {r.raw_backend_fps:>8} frames/s   end to end "
+              f"{r.end_to_end_fps:>8} frames/s   efficiency {r.efficiency:.3f}   "
+              f"x{r.speedup_vs_first} vs batch {rows[0].batch}" for r in rows]
+    emit([r.as_dict() for r in rows], args.json, "\n".join(lines))
     return 0
 
 

@@ -22,17 +22,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     report = run_calibration(config, source, args.method, args.batch, args.percentile, tuple(args.trt_version),
                              progress=not args.json, evaluate_images=args.eval_images,
                              auto_exclude_target=args.target_agreement if args.auto_exclude else None)
-    written = [report["artifacts"]["qdq_onnxruntime"], report["artifacts"]["qdq_tensorrt"],
-               *report["artifacts"]["trt_caches"].values()]
-    text = (f"calibrated {config.name} ({report['method']}) on {report['frames_used']} frames "
-            f"({report['frames_skipped']} unreadable skipped) in {report['seconds']} s; "
-            f"{len(report['tensors'])} tensors, {len(report['excluded'])} nodes kept float\n"
+    artifacts = report.artifacts
+    written = [artifacts.qdq_onnxruntime, artifacts.qdq_tensorrt, *artifacts.trt_caches.values()]
+    text = (f"calibrated {config.name} ({report.method}) on {report.frames_used} frames "
+            f"({report.frames_skipped} unreadable skipped) in {report.seconds} s; "
+            f"{len(report.tensors)} tensors, {len(report.excluded)} nodes kept float\n"
             f"wrote {', '.join(written)} in {config.directory}")
-    if "evaluation" in report:
-        e = report["evaluation"]
-        text += (f"\nmAP50-95 fp32 {e['map50_95_fp32']:.4f} int8 {e['map50_95_int8']:.4f}; "
-                 f"int8 agreement with fp32 F1 {e['agreement_f1']}")
-    emit(report, args.json, text)
+    if report.evaluation is not None:
+        e = report.evaluation
+        text += (f"\nmAP50-95 fp32 {e.map50_95_fp32:.4f} int8 {e.map50_95_int8:.4f}; "
+                 f"int8 agreement with fp32 F1 {e.agreement_f1}")
+    emit(report.as_dict(), args.json, text)
     return 0
 
 

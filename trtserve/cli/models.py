@@ -71,9 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     with open_detector(args) as detector:
         result = evaluate(detector, args.images)
-    d = result.as_dict()
-    emit(d, args.json, f"{args.model} {d['precision']}: mAP50 {d['map50']:.4f}  mAP50-95 {d['map50_95']:.4f}  "
-                        f"({d['images']} images, {d['seconds']} s)")
+    emit(result.as_dict(), args.json, f"{args.model} {result.precision}: mAP50 {result.map50:.4f}  "
+                                       f"mAP50-95 {result.map50_95:.4f}  ({result.images} images, {result.seconds} s)")
     return 0
 
 

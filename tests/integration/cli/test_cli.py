@@ -108,14 +108,14 @@ def test_bench_reports_raw_and_end_to_end_per_batch(capsys: pytest.CaptureFixtur
 
 def test_bundled_int8_artifact_keeps_the_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
     """The committed INT8 Q/DQ model (trtserve calibrate, entropy, head kept float) against FP32."""
-    from trtserve.calibration.run import compare_precisions
+    from trtserve.calibration.compare import compare_precisions
     from trtserve.repository import ModelRepository
 
     config = ModelRepository(ENGINES).get("shapes")
     assert config.available_precisions() == ["fp32", "int8"]
     result = compare_precisions(config, 300)
-    assert result["map50_95_fp32"] - result["map50_95_int8"] <= 0.015, result
-    assert result["agreement_f1"] >= 0.95, result
+    assert result.map50_95_fp32 - result.map50_95_int8 <= 0.015, result
+    assert result.agreement_f1 >= 0.95, result
 
 
 def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
