@@ -24,6 +24,7 @@ import numpy as np
 
 from trtserve.calibration.report import JsonReport
 from trtserve.config import ModelConfig
+from trtserve.errors import ServerError
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _measure(which: str, repository: Path, model: str, images: Path, out: Path) 
     stdout = proc.stdout.read() if proc.stdout else ""
     stderr = proc.stderr.read() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{which} calibration failed:\n{stderr[-3000:]}")
+        raise ServerError(f"{which} calibration failed in its child process:\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     return {"seconds": float(result["seconds"]), "peak_rss_bytes": float(usage.ru_maxrss * 1024)}
 

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from trtserve.calibration.report import OMIT_WHEN_NONE, JsonReport
 from trtserve.datasets.synthetic import video_frames, write_video
 from trtserve.detector import Detector
+from trtserve.errors import InvalidFrameError, RemoteCallError
 from trtserve.serving.process import start_server_process, stop_server_process
 from trtserve.vision.detections import Detections
 from trtserve.vision.draw import annotate
@@ -156,7 +157,7 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
         while batch := [f for _, f in zip(range(batch_size), frames)]:
             for frame, result in zip(batch, detector.detect(batch)):
                 if result.detections is None:
-                    raise RuntimeError(f"demo frame failed: {result.error}")
+                    raise result.error or InvalidFrameError("demo frame failed")
                 yield frame, result.detections
 
     header = partial(DemoSummary, mode="in-process", model=detector.config.name, precision=detector.precision,
@@ -189,7 +190,8 @@ def run_demo_over_grpc(repository: Path | None, model: str, precision: str, out_
             def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
                 for frame, answer in client.stream_frames(frames, "demo"):
                     if answer.status != pb.STATUS_OK:
-                        raise RuntimeError(f"frame {answer.sequence}: {answer.error_code} {answer.reason}")
+                        raise RemoteCallError(f"server {address}: frame {answer.sequence}: {answer.error_code} "
+                                              f"{answer.reason}")
                     yield frame, detections_of(answer)
 
             header = partial(DemoSummary, mode="grpc", server=address, model=model, precision=precision,

@@ -274,7 +274,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     from trtserve.detector import Detector
     from trtserve.repository import ModelRepository
     from trtserve.serving.process import start_server_process, stop_server_process
-    from trtserve.serving.server import serving_backend_options
+    from trtserve.serving.settings import serving_backend_options
 
     if kserve and jpeg_quality is None:
         raise UsageError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "

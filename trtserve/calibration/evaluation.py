@@ -13,6 +13,7 @@ import numpy as np
 from trtserve.calibration.report import JsonReport
 from trtserve.datasets.synthetic import Scene, evaluation_set
 from trtserve.detector import Detector
+from trtserve.errors import InvalidFrameError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def evaluate(detector: Detector, num_images: int = 300) -> EvalResult:
     preds = []
     for r in results:
         if r.detections is None:
-            raise RuntimeError(f"evaluation frame failed: {r.error}")
+            raise r.error or InvalidFrameError("evaluation frame failed")
         preds.append((r.detections.boxes_xyxy, r.detections.scores, r.detections.class_ids))
     map50, map50_95 = coco_map(scenes, preds, len(detector.config.class_names))
     result = EvalResult(map50, map50_95, len(scenes), detector.precision, round(time.monotonic() - t0, 2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from trtserve import __version__
-from trtserve.backends.base import BackendOptions
 from trtserve.config import DriftSpec, apply_drift_block
 from trtserve.detector import Detector
 from trtserve.monitoring.devices import device_collectors
@@ -28,17 +26,10 @@ from trtserve.serving.grpc_metrics import MetricsInterceptor
 from trtserve.serving.kserve_service import KServeService
 from trtserve.serving.pipeline import Pipeline
 from trtserve.serving.security import TokenAuthInterceptor, load_tokens, server_credentials
-from trtserve.serving.settings import ServerSettings
+from trtserve.serving.settings import ServerSettings, serving_backend_options
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-
-def serving_backend_options(instances: int, intra_op_threads: int = 0) -> BackendOptions:
-    """How the server runs a backend: ``instances`` batches at once on cores / instances threads each (unless
-    ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs."""
-    threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
-    return BackendOptions(intra_op_threads=threads, spin_wait=False)
 
 
 class Server:

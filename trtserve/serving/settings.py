@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -18,8 +18,20 @@ from trtserve.config import PRECISIONS, DriftSpec, YamlReader, apply_drift_block
 from trtserve.errors import ConfigError
 from trtserve.serving.security import HEALTH_SERVICE, REFLECTION_SERVICES, TlsSettings
 
+if TYPE_CHECKING:
+    from trtserve.backends.base import BackendOptions
+
 # The settings live here, not beside the server and the pipeline that use them: `trtserve health` (the probe
 # containers run every 15 s) reads the config without loading OpenCV, NumPy, ONNX Runtime or the model code.
+
+
+def serving_backend_options(instances: int, intra_op_threads: int = 0) -> BackendOptions:
+    """How the server runs a backend: ``instances`` batches at once on cores / instances threads each (unless
+    ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs."""
+    from trtserve.backends.base import BackendOptions  # NumPy: not for the health probe
+
+    threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+    return BackendOptions(intra_op_threads=threads, spin_wait=False)
 
 
 @dataclass(frozen=True)
