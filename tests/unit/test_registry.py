@@ -26,6 +26,7 @@ class TopThreeHead(YoloV8Head):
     """A test-only layout: the YOLOv8 decode, keeping the three best boxes."""
 
     type: ClassVar[str] = "top_three"
+    auto_detect: ClassVar[bool] = False  # it has YOLOv8's layout: auto must keep picking yolov8 alone
 
     def decode(self, outputs, geometries, thresholds):  # type: ignore[no-untyped-def]
         return [type(d)(d.boxes_xyxy[:3], d.scores[:3], d.class_ids[:3]) for d in super().decode(
