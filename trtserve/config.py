@@ -17,7 +17,7 @@ import yaml
 
 from trtserve.backends.registry import BACKENDS
 from trtserve.errors import ConfigError
-from trtserve.heads.registry import AUTO, HEADS, head_types
+from trtserve.heads.registry import AUTO, HEADS, NEEDS_CLASSES, head_types
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # artifact keys besides precisions: the TensorRT-placement Q/DQ model and TensorRT calibration caches
@@ -271,7 +271,7 @@ def load_model_config(path: Path) -> ModelConfig:
         top.fail("classes", classes, "a list of non-empty strings")
     if len(set(classes)) != len(classes):
         top.fail("classes", classes, "distinct class names")
-    if not classes and head_spec.type != AUTO and HEADS.load(head_spec.type).needs_classes:
+    if not classes and head_spec.type != AUTO and HEADS.tagged(head_spec.type, NEEDS_CLASSES):
         top.fail("classes", classes, f"a non-empty list for head type '{head_spec.type}'")
 
     artifacts_raw = top.get("artifacts", dict, {}, "a mapping of precision to file")

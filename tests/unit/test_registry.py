@@ -11,13 +11,15 @@ import pytest
 from trtserve.backends.base import BackendSupport, HostFacts
 from trtserve.backends.onnxruntime import OnnxRuntimeBackend
 from trtserve.backends.registry import BACKENDS
-from trtserve.config import load_model_config
+from trtserve.config import DriftSpec, load_model_config
 from trtserve.datasets.synthetic import render_scene
 from trtserve.deploy.doctor import diagnose
 from trtserve.detector import Detector
 from trtserve.errors import ConfigError
 from trtserve.heads.registry import HEADS, head_types
 from trtserve.heads.yolov8 import YoloV8Head
+from trtserve.monitoring.drift import DriftMonitor
+from trtserve.monitoring.metrics import Metrics
 
 from .test_config import BUNDLED, write
 
@@ -40,7 +42,7 @@ class QuietOnnxRuntime(OnnxRuntimeBackend):
 
     @classmethod
     def support(cls, host: HostFacts) -> BackendSupport:
-        return BackendSupport(True, ("fp32",))
+        return BackendSupport(available=True, precisions=("fp32",))
 
 
 @pytest.fixture
@@ -73,6 +75,22 @@ def test_a_registered_head_and_backend_are_accepted_and_run(plugins: None, tmp_p
     assert diagnose().backends["quiet_ort"] == {"available": True, "precisions": ["fp32"], "why_not": None}
 
 
+def test_a_registered_backend_runs_as_the_drift_shadow_in_its_own_process(plugins: None) -> None:
+    """The shadow process is spawned: it gets the backend class itself, not a name only the server knows."""
+    spec = DriftSpec(enabled=True, sample_rate=1.0, shadow_backend="quiet_ort")
+    with Detector.open(load_model_config(BUNDLED), "int8") as served:
+        monitor = DriftMonitor.open(served, spec, Metrics(process=False))
+        try:
+            prepared = [served.prepare_letterboxed(render_scene(5, i).image_bgr) for i in range(2)]
+            geometries, thresholds = [g for _, g in prepared], [served.thresholds] * 2
+            run = served.run_batch([image for image, _ in prepared], geometries, thresholds)
+            assert monitor.offer(run, geometries, thresholds) and monitor.wait_idle(60)
+            summary = monitor.summary()
+        finally:
+            monitor.close()
+    assert summary.samples == 2 and summary.errors == 0 and summary.agreement_f1 > 0.5
+
+
 def test_unregistered_names_are_refused_at_config_load_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"key 'head.type' has value 'top_three'; expected one of \['auto'"):
         load_model_config(bundled_copy(tmp_path, {"head.type": "top_three"}))
@@ -82,8 +100,17 @@ def test_unregistered_names_are_refused_at_config_load_naming_the_key(tmp_path: 
         load_model_config(bundled_copy(tmp_path, {"drift": {"shadow_backend": "onnx"}}))
 
 
-def test_a_name_cannot_be_registered_twice() -> None:
+def test_a_name_cannot_be_registered_twice_and_a_broken_entry_says_why() -> None:
     with pytest.raises(ConfigError, match="head type 'yolov8' is already registered"):
         HEADS.register("yolov8", TopThreeHead)
+    HEADS.register("missing", "trtserve.heads.no_such_layout:Head")
+    try:
+        with pytest.raises(ConfigError, match=r"head type 'missing' is registered as 'trtserve.heads.no_such_layout:"
+                                              r"Head', which cannot be imported: No module named"):
+            HEADS.load("missing")
+    finally:
+        HEADS.unregister("missing")
+    with pytest.raises(ConfigError, match=r"expected 'package\.module:Class'"):
+        BACKENDS.register("dotted", "trtserve.backends.onnxruntime.OnnxRuntimeBackend")
     with pytest.raises(ConfigError, match=r"unknown backend 'tflite'; expected one of \['onnxruntime', 'tensorrt'\]"):
         BACKENDS.load("tflite")

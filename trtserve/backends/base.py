@@ -7,14 +7,15 @@ objects can be created (and configuration validated) without a GPU or the runtim
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.errors import BackendError, InvalidFrameError
+from trtserve.reports import OMIT_WHEN_NONE, JsonReport
 
 if TYPE_CHECKING:
     from trtserve.config import ModelConfig
@@ -53,20 +54,15 @@ class HostFacts(Protocol):
     onnxruntime_providers: list[str]
 
 
-@dataclass(frozen=True)
-class BackendSupport:
+@dataclass(frozen=True, kw_only=True)
+class BackendSupport(JsonReport):
     """Whether a backend can run on a host, at which precisions, and if not, why (``trtserve doctor``)."""
 
     available: bool
+    # the runtime's own execution providers, where it has them (left out of the JSON where it has none)
+    providers: tuple[str, ...] | None = field(default=None, metadata=OMIT_WHEN_NONE)
     precisions: tuple[str, ...] = ()
     why_not: str | None = None
-    providers: tuple[str, ...] | None = None  # the runtime's own execution providers, where it has them
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"available": self.available}
-        if self.providers is not None:
-            d["providers"] = list(self.providers)
-        return {**d, "precisions": list(self.precisions), "why_not": self.why_not}
 
 
 class Backend(abc.ABC):

@@ -64,11 +64,11 @@ class OnnxRuntimeBackend(Backend):
     def support(cls, host: HostFacts) -> BackendSupport:
         providers = tuple(host.onnxruntime_providers)
         if host.onnxruntime is None:
-            return BackendSupport(False, (), "onnxruntime is not installed", providers)
+            return BackendSupport(available=False, providers=providers, why_not="onnxruntime is not installed")
         precisions: tuple[str, ...] = ("fp32", "int8 (Q/DQ model)")
         if "CUDAExecutionProvider" in providers or "TensorrtExecutionProvider" in providers:
             precisions += ("fp16",)
-        return BackendSupport(True, precisions, None, providers)
+        return BackendSupport(available=True, providers=providers, precisions=precisions)
 
     def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
         import onnxruntime as ort

@@ -11,10 +11,9 @@ from trtserve.registry import Registry
 if TYPE_CHECKING:
     from trtserve.backends.base import Backend
 
-BACKENDS: Registry[Backend] = Registry("backend", {
-    "onnxruntime": "trtserve.backends.onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "trtserve.backends.tensorrt:TensorRTBackend",
-})
+BACKENDS: Registry[Backend] = Registry("backend")
+BACKENDS.register("onnxruntime", "trtserve.backends.onnxruntime:OnnxRuntimeBackend")
+BACKENDS.register("tensorrt", "trtserve.backends.tensorrt:TensorRTBackend")
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -151,11 +151,11 @@ class TensorRTBackend(Backend):
         from trtserve.tensorrt.plan import DLA_MIN_TRT11, TrtVersion
 
         if host.tensorrt is None:
-            return BackendSupport(False, (), "TensorRT is not installed")
+            return BackendSupport(available=False, why_not="TensorRT is not installed")
         if not (host.gpus or host.l4t):
-            return BackendSupport(False, (), "no NVIDIA GPU found")
+            return BackendSupport(available=False, why_not="no NVIDIA GPU found")
         if host.cuda_runtime is None:
-            return BackendSupport(False, (), "cuda-python is missing or the CUDA runtime failed")
+            return BackendSupport(available=False, why_not="cuda-python is missing or the CUDA runtime failed")
         version = TrtVersion.parse(host.tensorrt)
         major = version.major
         fp16 = "fp16"
@@ -167,7 +167,7 @@ class TensorRTBackend(Backend):
             precisions.append("int8 (calibration cache, implicit)")
         if host.dla_cores and (major < 11 or version >= DLA_MIN_TRT11):  # the rule `trtserve build` applies
             precisions.append(f"DLA cores 0..{host.dla_cores - 1} (fp16/int8, --dla-core)")
-        return BackendSupport(True, tuple(precisions))
+        return BackendSupport(available=True, precisions=tuple(precisions))
 
     @classmethod
     def model_file(cls, config: ModelConfig, precision: str) -> Path:

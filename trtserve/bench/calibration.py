@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trtserve.calibration.report import JsonReport
 from trtserve.config import ModelConfig
 from trtserve.errors import ServerError
+from trtserve.reports import JsonReport
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ loopback port, streams the video through ``StreamDetect`` and stops the server w
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -20,17 +19,16 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.calibration.report import OMIT_WHEN_NONE, JsonReport
 from trtserve.datasets.synthetic import video_frames, write_video
 from trtserve.detector import Detector
-from trtserve.errors import InvalidFrameError, RemoteCallError
+from trtserve.errors import RemoteCallError, ServerError
+from trtserve.reports import OMIT_WHEN_NONE, JsonReport
 from trtserve.serving.process import start_server_process, stop_server_process
 from trtserve.vision.detections import Detections
 from trtserve.vision.draw import annotate
 from trtserve.vision.matching import MatchCounts, match
 from trtserve.vision.video import Video
 
-logger = logging.getLogger(__name__)
 SAMPLE_FRAMES = 300
 
 
@@ -154,10 +152,12 @@ def run_demo(detector: Detector, out_dir: Path, video: Path | None = None, progr
     batch_size = detector.config.max_batch_size
 
     def pairs() -> Iterator[tuple[NDArray[np.uint8], Detections]]:
+        done = 0
         while batch := [f for _, f in zip(range(batch_size), frames)]:
             for frame, result in zip(batch, detector.detect(batch)):
                 if result.detections is None:
-                    raise result.error or InvalidFrameError("demo frame failed")
+                    raise ServerError(f"{source}: frame {done} failed: {result.error}") from result.error
+                done += 1
                 yield frame, result.detections
 
     header = partial(DemoSummary, mode="in-process", model=detector.config.name, precision=detector.precision,

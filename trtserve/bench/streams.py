@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.calibration.report import JsonReport
 from trtserve.datasets.synthetic import video_frames
 from trtserve.errors import UsageError
+from trtserve.reports import JsonReport
 
 
 @dataclass(frozen=True)

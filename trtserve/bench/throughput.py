@@ -11,9 +11,9 @@ from functools import partial
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.calibration.report import JsonReport
 from trtserve.datasets.synthetic import render_scene
 from trtserve.detector import Detector
+from trtserve.reports import JsonReport
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

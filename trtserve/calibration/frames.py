@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise CalibrationInputError(f"--num {limit}: expected at least 1 frame (300 or more are recommended)")
+
+
 @dataclass
 class FrameSource:
     """Frames for calibration, read lazily (memory does not grow with their number)."""
@@ -32,6 +37,7 @@ class FrameSource:
 
     @classmethod
     def from_images(cls, directory: Path, limit: int) -> FrameSource:
+        _check_limit(limit)
         if not directory.is_dir():
             raise CalibrationInputError(f"--images {directory}: not a folder")
         paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -41,6 +47,7 @@ class FrameSource:
 
     @classmethod
     def from_video(cls, path: Path, limit: int) -> FrameSource:
+        _check_limit(limit)
         if not path.is_file():
             raise CalibrationInputError(f"--video {path}: no such file")
         return cls(video=path, limit=limit)

@@ -19,7 +19,6 @@ from trtserve.cli import bench, build, calibrate, models, serve
 from trtserve.cli.common import EXIT_USER_ERROR
 from trtserve.errors import TrtserveError
 
-logger = logging.getLogger("trtserve")
 GROUPS = (models, calibrate, build, serve, bench)
 
 

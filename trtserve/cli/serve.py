@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
 from trtserve.errors import RemoteCallError
+from trtserve.reports import JsonReport
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,6 +45,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+@dataclass(frozen=True)
+class StreamSummary(JsonReport):
+    """What ``trtserve stream`` measured: frames answered with detections, and the server's own latency."""
+
+    frames: int  # answered with detections
+    errors: int  # answered with an error status
+    fps: float  # answered frames per second, wall clock
+    p50_ms: float  # of the server's total time per frame (its answer's timing)
+    p99_ms: float
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -92,10 +105,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
             writer.release()
     elapsed = time.monotonic() - t0
     lat = np.array(latencies or [0.0]) * 1000
-    summary = {"frames": ok_frames, "errors": errors, "fps": round(ok_frames / elapsed, 1) if elapsed else 0.0,
-               "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
-    emit(summary, args.json, f"{ok_frames} frames ({errors} errors), {summary['fps']} frames/s, server latency "
-                              f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+    s = StreamSummary(frames=ok_frames, errors=errors, fps=round(ok_frames / elapsed, 1) if elapsed else 0.0,
+                      p50_ms=round(float(np.percentile(lat, 50)), 2), p99_ms=round(float(np.percentile(lat, 99)), 2))
+    emit(s.as_dict(), args.json, f"{ok_frames} frames ({errors} errors), {s.fps} frames/s, server latency "
+                                 f"p50 {s.p50_ms} ms, p99 {s.p99_ms} ms")
     return 0 if errors == 0 else EXIT_USER_ERROR
 
 

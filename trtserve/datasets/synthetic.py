@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
@@ -340,7 +342,8 @@ def write_video(path: Path, num_frames: int = 300, fps: float = 15.0) -> Path:
     h, w = first.image_bgr.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
-        raise RuntimeError(f"OpenCV could not open a video writer for {path}")
+        raise UsageError(f"cannot write the sample video {path}: OpenCV could not open an mp4v writer there; check "
+                         "the folder is writable (or pass --video FILE)")
     try:
         writer.write(first.image_bgr)
         for scene in frames:

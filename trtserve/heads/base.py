@@ -33,7 +33,6 @@ class Head(abc.ABC):
     """Decodes one batch of outputs. Subclasses say which output shapes they accept and decode them."""
 
     type: ClassVar[str]
-    needs_classes: ClassVar[bool] = False  # the layout's width depends on the class count: model.yaml must list them
     auto_detect: ClassVar[bool] = True  # ``head.type: auto`` may pick it from the output shapes
 
     def __init__(self, spec: HeadSpec, num_classes: int) -> None:

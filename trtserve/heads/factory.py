@@ -5,7 +5,7 @@ from __future__ import annotations
 from trtserve.config import HeadSpec
 from trtserve.errors import ModelLoadError
 from trtserve.heads.base import Head
-from trtserve.heads.registry import AUTO, HEADS, head_types
+from trtserve.heads.registry import AUTO, HEADS
 
 
 def make_head(spec: HeadSpec, num_classes: int, output_shapes: list[tuple[int | None, ...]],
@@ -21,7 +21,7 @@ def make_head(spec: HeadSpec, num_classes: int, output_shapes: list[tuple[int | 
             found = [h.type for h in matching] or "none"
             raise ModelLoadError(
                 f"{where}: cannot pick a head from output shapes {shapes} with {num_classes} classes "
-                f"(matching head types: {found}); set head.type to one of {list(head_types())} in model.yaml")
+                f"(matching head types: {found}); set head.type to one of {sorted(HEADS.names())} in model.yaml")
         return matching[0](spec, num_classes)
     head_cls = HEADS.load(spec.type)
     if not head_cls.accepts(shapes, num_classes):

@@ -11,13 +11,13 @@ if TYPE_CHECKING:
     from trtserve.heads.base import Head
 
 AUTO = "auto"  # not a head: pick the only registered head whose layout matches the outputs
+NEEDS_CLASSES = "needs_classes"  # tag: the layout's width depends on the class count, so model.yaml must list them
 
-HEADS: Registry[Head] = Registry("head type", {
-    "yolov8": "trtserve.heads.yolov8:YoloV8Head",
-    "yolov5": "trtserve.heads.yolov5:YoloV5Head",
-    "end2end": "trtserve.heads.end2end:EndToEndHead",
-    "raw": "trtserve.heads.raw:RawHead",
-})
+HEADS: Registry[Head] = Registry("head type")
+HEADS.register("yolov8", "trtserve.heads.yolov8:YoloV8Head", tags={NEEDS_CLASSES})
+HEADS.register("yolov5", "trtserve.heads.yolov5:YoloV5Head", tags={NEEDS_CLASSES})
+HEADS.register("end2end", "trtserve.heads.end2end:EndToEndHead")
+HEADS.register("raw", "trtserve.heads.raw:RawHead")
 
 
 def head_types() -> tuple[str, ...]:

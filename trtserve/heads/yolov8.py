@@ -11,7 +11,6 @@ from trtserve.vision.letterbox import Letterbox
 
 class YoloV8Head(Head):
     type = "yolov8"
-    needs_classes = True
 
     @classmethod
     def accepts(cls, output_shapes: list[tuple[int | None, ...]], num_classes: int) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtserve.backends.base import BackendOptions, TensorInfo
+from trtserve.backends.registry import backend_class
 from trtserve.config import DriftSpec
 from trtserve.detector import BatchRun, Detector
 from trtserve.errors import ModelLoadError
@@ -107,7 +108,7 @@ class DriftMonitor:
                                  f"of {served.backend.model_path.name} (some that are: {sorted(ranges)[:8]})")
         if not ranges:
             logger.info("model %s: calibration coverage off: %s", config.name, source)
-        setup = ShadowSetup(config, spec.shadow_backend, spec.shadow_precision,
+        setup = ShadowSetup(config, backend_class(spec.shadow_backend), spec.shadow_precision,
                             BackendOptions(intra_op_threads=spec.shadow_threads, providers=spec.shadow_providers),
                             served.input_name, served.head, tuple(t.name for t in served.backend.outputs), ranges,
                             spec.coverage_tensors, spec.iou_threshold)

@@ -11,7 +11,6 @@ collectors of :mod:`trtserve.monitoring.devices`.
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.process_collector import ProcessCollector
 
 from trtserve.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
 # seconds; from 0.5 ms (one small batch on a GPU) to 10 s (a deadline-sized backlog)

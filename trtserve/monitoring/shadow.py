@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends.base import BackendOptions, TensorInfo
-from trtserve.backends.registry import backend_class
+from trtserve.backends.base import Backend, BackendOptions, TensorInfo
 from trtserve.config import ModelConfig
 from trtserve.detector import infer_padded
 from trtserve.heads.base import Head, Thresholds
@@ -113,7 +112,7 @@ class ShadowSetup:
     """Everything the shadow process needs (picklable)."""
 
     config: ModelConfig
-    backend: str
+    backend: type[Backend]  # resolved in the server: a backend registered there at run time works here too
     precision: str
     options: BackendOptions
     input_name: str
@@ -138,7 +137,7 @@ class ShadowInfo:
 class _Shadow:
     def __init__(self, setup: ShadowSetup) -> None:
         self.setup = setup
-        kind = backend_class(setup.backend)
+        kind = setup.backend
         self.source = kind.model_file(setup.config, setup.precision)  # an engine for a tensorrt shadow
         self.scratch = tempfile.TemporaryDirectory(prefix="trtserve-shadow-")
         path, readable = self.source, list[str]()

@@ -97,6 +97,7 @@ class _Freshest(Generic[Q, R]):
     dropped: Callable[[Q], R]
     max_in_flight: int
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closed: bool = False  # the client went away: start nothing more
 
     def launch(self, request: Q, result: asyncio.Future[R], lane: _Lane[Q, R]) -> None:
         async def run() -> None:
@@ -108,8 +109,11 @@ class _Freshest(Generic[Q, R]):
                 lane.running -= 1
                 if lane.waiting is not None:
                     waiting, lane.waiting = lane.waiting, None
-                    lane.running += 1
-                    self.launch(*waiting, lane)
+                    if self.closed:
+                        waiting[1].cancel()
+                    else:
+                        lane.running += 1
+                        self.launch(*waiting, lane)
 
         task = asyncio.create_task(run())
         self.tasks.add(task)
@@ -126,7 +130,9 @@ class _Freshest(Generic[Q, R]):
         lane.waiting = (request, result)
 
     def abandon(self) -> None:
-        for task in list(self.tasks):  # the client went away: its queued frames are abandoned
+        """The client went away: cancel what runs, and the waiting frames never start (see ``launch``)."""
+        self.closed = True
+        for task in list(self.tasks):
             task.cancel()
 
 

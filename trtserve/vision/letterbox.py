@@ -14,8 +14,6 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.errors import InvalidFrameError
-
 
 @dataclass(frozen=True)
 class Letterbox:
@@ -48,7 +46,7 @@ class Letterbox:
         oh, ow = original_hw
         ih, iw = input_hw
         if oh <= 0 or ow <= 0:
-            raise InvalidFrameError(f"frame size must be positive, got {ow}x{oh}")
+            raise ValueError(f"frame size must be positive, got {ow}x{oh}")
         ratio = min(ih / oh, iw / ow)
         rw = max(1, min(iw, round(ow * ratio)))
         rh = max(1, min(ih, round(oh * ratio)))

@@ -9,7 +9,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.config import InputSpec
-from trtserve.errors import InvalidFrameError
 from trtserve.vision.letterbox import Letterbox, letterbox
 
 
@@ -45,8 +44,8 @@ class Preprocessor:
         tensor = np.empty((n, 3, h, w) if self.spec.layout == "nchw" else (n, h, w, 3), self.dtype)
         order, alpha, beta = self._order, self._alpha, self._beta
         for frame, dst in zip(letterboxed, tensor):
-            if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-                raise InvalidFrameError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
+            if frame.shape != (h, w, 3) or frame.dtype != np.uint8:  # a bug upstream, not a bad frame: INTERNAL
+                raise ValueError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
                                  f"expected uint8[{h}, {w}, 3]")
             if self.spec.layout == "nchw" and self.dtype == np.float32:
                 # one C++ pass per channel plane straight into the batch (cv2.addWeighted with src2 weighted 0):

@@ -82,6 +82,8 @@ def test_calibrate_writes_artifacts_report_and_model_yaml(repo: Path, tmp_path: 
     ("none", [], "exactly one of --images DIR or --video FILE"),
     ("missing_video", ["--video"], "no such file"),
     ("bad_version", ["--images"], "--trt-version: TensorRT version 'eight'"),
+    ("no_frames", ["--images"], "--num 0: expected at least 1 frame"),
+    ("no_video_frames", ["--video"], "--num -1: expected at least 1 frame"),
 ])
 def test_bad_input(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, args: list[str],
                    message: str) -> None:
@@ -93,6 +95,9 @@ def test_bad_input(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     if setup == "bad_version":
         images(folder, 2)
         extra = ["--trt-version", "eight"]
+    if setup.startswith("no_"):
+        images(folder, 2)
+        extra = ["--num", "0" if setup == "no_frames" else "-1"]
     target = [str(folder if setup != "missing_video" else tmp_path / "absent.mp4")] if args else []
     before = sorted(p.name for p in (repo / "shapes").iterdir())
     code, _, err = run(capsys, repo, "calibrate", "shapes", *args, *target, *extra)

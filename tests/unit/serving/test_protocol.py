@@ -1,0 +1,70 @@
+"""Answering a stream in request order under both overload policies (serving/protocol.py), on a real event loop."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from trtserve.serving.protocol import answer_freshest, answer_in_order
+
+
+async def requests(items: list[tuple[str, int]], gap_s: float = 0.0) -> AsyncIterator[tuple[str, int]]:
+    for item in items:
+        yield item
+        await asyncio.sleep(gap_s)
+
+
+def test_block_answers_in_request_order_with_bounded_concurrency() -> None:
+    running, most = 0, 0
+
+    async def answer(request: tuple[str, int]) -> str:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01 * (5 - request[1]))  # later requests finish first
+        running -= 1
+        return f"{request[0]}{request[1]}"
+
+    async def main() -> list[str]:
+        return [a async for a in answer_in_order(requests([("a", i) for i in range(5)]), answer, 3)]
+
+    assert asyncio.run(main()) == ["a0", "a1", "a2", "a3", "a4"]
+    assert most == 3
+
+
+def test_drop_oldest_keeps_the_freshest_waiting_frame_per_stream() -> None:
+    started: list[tuple[str, int]] = []
+
+    async def answer(request: tuple[str, int]) -> str:
+        started.append(request)
+        await asyncio.sleep(0.05)
+        return f"ok {request[0]}{request[1]}"
+
+    def dropped(request: tuple[str, int]) -> str:
+        return f"dropped {request[0]}{request[1]}"
+
+    async def main() -> list[str]:
+        stream = requests([("a", 0), ("a", 1), ("b", 0), ("a", 2), ("a", 3)])
+        return [a async for a in answer_freshest(stream, answer, lambda r: r[0], dropped, 1)]
+
+    assert asyncio.run(main()) == ["ok a0", "dropped a1", "ok b0", "dropped a2", "ok a3"]
+    assert started == [("a", 0), ("b", 0), ("a", 3)]
+
+
+def test_drop_oldest_starts_nothing_once_the_client_has_gone() -> None:
+    started: list[int] = []
+
+    async def answer(request: tuple[str, int]) -> str:
+        started.append(request[1])
+        await asyncio.sleep(0.2)
+        return str(request[1])
+
+    async def main() -> None:
+        answers = answer_freshest(requests([("a", i) for i in range(3)]), answer, lambda r: r[0], str, 2)
+        reader = asyncio.ensure_future(answers.__anext__())
+        await asyncio.sleep(0.05)  # frames 0 and 1 run, frame 2 waits
+        reader.cancel()  # the client goes away before any answer
+        await asyncio.sleep(0)
+        await answers.aclose()
+        await asyncio.sleep(0.3)  # long enough for a relaunched frame 2 to have started
+
+    asyncio.run(main())
+    assert started == [0, 1]
