@@ -19,12 +19,12 @@ Every ``import`` counts, the lazy ones inside functions too (they are dependenci
 from __future__ import annotations
 
 import ast
+import functools
+import graphlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("trtserve", "calibrators")
@@ -83,6 +83,11 @@ def component(module: str) -> str:
     return ".".join(parts[:2])
 
 
+@functools.cache
+def _known_modules() -> frozenset[str]:
+    return frozenset(m for m, _ in sources())
+
+
 def sources() -> Iterator[tuple[str, Path]]:
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -131,7 +136,7 @@ def imports(module: str, path: Path, top_level_only: bool = False) -> list[tuple
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     visitor = _Imports(package, top_level_only)
     visitor.visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
-    known = {m for m, _ in sources()}
+    known = _known_modules()
     found = []
     for name, line in visitor.found:  # each to the module it loads: `pkg.mod.Name` and `pkg.mod_pb2` count as pkg.mod
         parts = name.split(".")
@@ -156,23 +161,18 @@ def violations(module: str, path: Path) -> list[str]:
     return found
 
 
+def cycle_in(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (node -> the nodes it depends on), or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
+    return None
+
+
 def test_the_rules_themselves_have_no_cycle() -> None:
-    order: list[str] = []
-    state: dict[str, str] = {}
-
-    def walk(node: str, trail: list[str]) -> None:
-        if state.get(node) == "done":
-            return
-        assert state.get(node) != "open", f"the layering rules have a cycle: {' -> '.join([*trail, node])}"
-        state[node] = "open"
-        for below in sorted(ALLOWED[node]):
-            walk(below, [*trail, node])
-        state[node] = "done"
-        order.append(node)
-
-    for name in ALLOWED:
-        walk(name, [])
-    assert len(order) == len(ALLOWED)
+    cycle = cycle_in(ALLOWED)
+    assert cycle is None, f"the layering rules have a cycle: {' -> '.join(cycle or [])}"
 
 
 def test_every_import_follows_the_layering() -> None:
@@ -184,22 +184,10 @@ def test_every_import_follows_the_layering() -> None:
 
 def test_no_import_cycle_between_modules() -> None:
     """Module-level imports only: those run at import time, where a cycle breaks (lazy imports cannot)."""
-    graph = {module: sorted({t for t, _ in imports(module, path, top_level_only=True) if t != module})
+    graph = {module: {t for t, _ in imports(module, path, top_level_only=True) if t != module}
              for module, path in sources()}
-    state: dict[str, str] = {}
-
-    def walk(node: str, trail: list[str]) -> None:
-        if state.get(node) == "done":
-            return
-        if state.get(node) == "open":
-            pytest.fail(f"import cycle: {' -> '.join([*trail[trail.index(node):], node])}")
-        state[node] = "open"
-        for target in graph.get(node, []):
-            walk(target, [*trail, node])
-        state[node] = "done"
-
-    for name in graph:
-        walk(name, [])
+    cycle = cycle_in(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle or [])}"
 
 
 def test_subpackage_inits_import_nothing() -> None:

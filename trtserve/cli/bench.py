@@ -37,14 +37,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from trtserve.bench.throughput import throughput
-
     shadow = args.what == "streams" and args.shadow_rate is not None
     args.precision = args.precision or ("int8" if shadow else "fp32")
     args.repeats = args.repeats or (2 if shadow else 1 if args.what == "streams" else 20)
-    if shadow:
+    if args.what == "streams":
         from trtserve.bench import streams as bench_streams
-
+    if shadow:
         if not 0 < args.shadow_rate <= 1:
             raise UsageError(f"--shadow-rate {args.shadow_rate}: expected a fraction of batches in (0, 1]")
         r = bench_streams.run_shadow(args.repository, args.model, args.precision, args.streams,
@@ -61,8 +59,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{r.metrics_overhead_us_per_frame} us per frame"))
         return 0
     if args.what == "streams":
-        from trtserve.bench import streams as bench_streams
-
         s = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
                               args.server, args.kserve, None if args.raw else 90, runs=args.repeats)
         server_cpu = s.server_cpu_ms_per_frame
@@ -94,6 +90,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"  agreement with fp32 (F1@0.5) {c.agreement_f1}",
             f"  int8 speed-up at batch 8: {c.int8_speedup}x (ORT's int8: {c.int8_ort_speedup}x)"]))
         return 0
+
+    from trtserve.bench.throughput import throughput
 
     with open_detector(args) as detector:
         rows = throughput(detector, args.batch, args.repeats)

@@ -23,7 +23,6 @@ class Video:
 
     def __init__(self, source: str | int | Path) -> None:
         """Open ``source``; InvalidFrameError when OpenCV cannot read it as video."""
-        self.source = source
         self._cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
         if not self._cap.isOpened():
             self._cap.release()
@@ -35,10 +34,12 @@ class Video:
     @staticmethod
     def frame_count_of(path: Path) -> int:
         """Frames a video file says it has (0: unknown or unreadable), without keeping it open."""
-        cap = cv2.VideoCapture(str(path))
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        cap.release()
-        return max(0, count)
+        try:
+            video = Video(path)
+        except InvalidFrameError:
+            return 0
+        video.close()
+        return video.frame_count
 
     def frames(self, limit: int = 0, every: int = 1) -> Iterator[NDArray[np.uint8]]:
         """BGR frames, every ``every``-th one, at most ``limit`` of them (0: all); releases the capture at the end."""
