@@ -31,12 +31,13 @@ PACKAGES = ("trtserve", "calibrators")
 
 # component -> the components it may import (besides itself). A component is a subpackage of trtserve
 # (trtserve.serving), a top-level module (trtserve.config), or one of the plugin tables named apart.
-BASE = {"trtserve", "trtserve.errors", "trtserve.reports"}  # version, error hierarchy, report form: for anyone
+BASE = {"trtserve", "trtserve.errors", "trtserve.reports", "trtserve.logs"}  # version, errors, report form, logs
 ALLOWED: dict[str, set[str]] = {
     "calibrators": set(),
     "trtserve": set(),
     "trtserve.errors": set(),
     "trtserve.reports": set(),
+    "trtserve.logs": set(),
     "trtserve.registry": BASE,
     "trtserve.backends.registry": BASE | {"trtserve.registry"},
     "trtserve.heads.registry": BASE | {"trtserve.registry"},

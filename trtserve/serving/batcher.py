@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -182,8 +183,14 @@ class DynamicBatcher(Generic[T, R]):
                     raise BackendError(f"batch of {len(batch)} items returned {len(results)} results")
             except Exception as exc:
                 self.stats.failed_batches += 1
-                error = exc if isinstance(exc, TrtserveError) else BackendError(f"batch failed: {exc!r}")
-                logger.warning("batch of %d failed: %s", len(batch), error)
+                if isinstance(exc, TrtserveError):
+                    error = exc
+                    logger.warning("batch of %d failed: %s", len(batch), error)
+                else:  # a bug or a runtime failure: its details stay in the log, under an id the client is told
+                    incident = uuid.uuid4().hex[:12]
+                    logger.exception("batch of %d failed [incident %s]", len(batch), incident)
+                    error = BackendError(f"the model failed on a batch of {len(batch)} frames (incident "
+                                         f"{incident}; the server log has the details)")
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)

@@ -137,3 +137,24 @@ def test_preferred_sizes_and_bad_settings() -> None:
     assert [b._batch_size(n) for n in (1, 3, 5, 9)] == [1, 2, 4, 8]
     with pytest.raises(ConfigError, match=r"outside 1\.\.8"):
         DynamicBatcher(noop, max_batch_size=8, max_queue_delay_ms=1, max_queue_size=10, preferred_batch_sizes=[16])
+
+
+def test_a_failing_backend_tells_the_client_an_incident_id_never_its_internals(
+        caplog: pytest.LogCaptureFixture) -> None:
+
+    async def broken(items: list[int]) -> list[int]:
+        raise RuntimeError("/usr/lib/libnvinfer.so.10: cudaErrorIllegalAddress")
+
+    async def main() -> BaseException:
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(broken, 4, 1.0, 8)
+        await batcher.start()
+        try:
+            return (await asyncio.gather(batcher.submit(1), return_exceptions=True))[0]
+        finally:
+            await batcher.stop()
+
+    error = asyncio.run(main())
+    assert isinstance(error, BackendError)
+    assert "libnvinfer" not in str(error) and "RuntimeError" not in str(error)
+    incident = str(error).split("incident ")[1].split(";")[0]
+    assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)

@@ -68,3 +68,60 @@ def test_drop_oldest_starts_nothing_once_the_client_has_gone() -> None:
 
     asyncio.run(main())
     assert started == [0, 1]
+
+
+def test_drop_oldest_bounds_a_call_that_invents_a_stream_id_per_frame() -> None:
+    """3,000 frames with 3,000 stream ids: without a per-call bound each would run at once."""
+    running = most_running = 0
+    held: set[int] = set()
+    most_held = 0
+
+    async def answer(request: tuple[str, int]) -> str:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        held.discard(request[1])
+        return "ok"
+
+    def dropped(request: tuple[str, int]) -> str:
+        held.discard(request[1])
+        return "dropped"
+
+    async def flood() -> AsyncIterator[tuple[str, int]]:
+        nonlocal most_held
+        for i in range(3000):
+            held.add(i)
+            most_held = max(most_held, len(held))
+            yield (f"id-{i}", i)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+
+    async def main() -> list[str]:
+        return [a async for a in answer_freshest(flood(), answer, lambda r: r[0], dropped, 2, 16)]
+
+    answers = asyncio.run(main())
+    assert len(answers) == 3000 and "dropped" in answers and answers[-1] == "ok"
+    assert most_running <= 16
+    assert most_held <= 2 * 16 + 1  # running + waiting, and the one being read
+
+
+def test_drop_oldest_per_call_bound_keeps_every_stream_served() -> None:
+    """Two cameras in one call, a per-call bound of 2: neither starves, and each keeps its newest frame."""
+    started: list[tuple[str, int]] = []
+
+    async def answer(request: tuple[str, int]) -> str:
+        started.append(request)
+        await asyncio.sleep(0.02)
+        return "ok"
+
+    async def main() -> list[str]:
+        stream = requests([(lane, i) for i in range(10) for lane in "ab"], gap_s=0.004)
+        return [a async for a in answer_freshest(stream, answer, lambda r: r[0], lambda r: "dropped", 1, 2)]
+
+    answers = asyncio.run(main())
+    assert len(answers) == 20 and "dropped" in answers
+    for lane in "ab":
+        mine = [i for name, i in started if name == lane]
+        assert len(mine) >= 3 and mine[-1] == 9  # served all along, and its newest frame last
