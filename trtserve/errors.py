@@ -24,6 +24,13 @@ def code_name(error: BaseException) -> str:
     return "INTERNAL"
 
 
+def clip(value: object, limit: int = 100) -> str:
+    """``value`` quoted as in ``repr``, cut to ``limit`` characters then "…": what an error message may echo of
+    a client's input (a model name, a tensor name), so a hostile value cannot blow up a message or a trailer."""
+    text = repr(value) if isinstance(value, str) else repr(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class RequestError(TrtserveError):
     """One request failed; the server keeps serving."""
 

@@ -39,6 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)  # re-read the tokens file
         await stop.wait()
         sys.stderr.write("trtserve: draining\n")
         await server.stop()

@@ -15,7 +15,7 @@ from dataclasses import asdict
 import grpc
 import numpy as np
 
-from trtserve.errors import InvalidFrameError, TrtserveError
+from trtserve.errors import InvalidFrameError, TrtserveError, clip
 from trtserve.heads.base import Thresholds
 from trtserve.serving.pipeline import FrameOutcome, Pipeline, find_pipeline
 from trtserve.serving.protocol import answer_freshest, answer_in_order, public_reason, status_code
@@ -111,13 +111,15 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         ``block`` — at most ``max_in_flight`` frames of the call are in the pipeline; past that the
         server stops reading, which is flow control back to the client. ``drop_oldest`` — per stream,
         at most ``max_in_flight`` frames run and one waits; a newer frame replaces the waiting one,
-        which is answered ``STATUS_DROPPED``: live video keeps the freshest frame.
+        which is answered ``STATUS_DROPPED``: live video keeps the freshest frame. Per call (whatever stream
+        ids it sends), at most 8 x ``max_in_flight`` run and as many wait; past that its oldest waiting frame
+        is dropped.
         """
         metadata = dict(context.invocation_metadata() or ())
         policy = metadata.get(OVERLOAD_POLICY_KEY, "block")
         if policy not in OVERLOAD_POLICIES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{OVERLOAD_POLICY_KEY} {policy!r}; expected one of {list(OVERLOAD_POLICIES)}")
+                                f"{OVERLOAD_POLICY_KEY} {clip(policy)}; expected one of {list(OVERLOAD_POLICIES)}")
         answer = functools.partial(self._answer, deadline_s=None)
         answers = (answer_in_order(request_iterator, answer, self.max_in_flight) if policy == "block" else
                    answer_freshest(request_iterator, answer, lambda r: r.stream_id, self._dropped, self.max_in_flight))

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from trtserve import __version__
 from trtserve.config import DriftSpec, apply_drift_block
 from trtserve.detector import Detector
+from trtserve.errors import ConfigError
 from trtserve.monitoring.devices import device_collectors
 from trtserve.monitoring.drift import DriftMonitor
 from trtserve.monitoring.metrics import Metrics, start_metrics_http
@@ -25,7 +26,8 @@ from trtserve.serving.detection_service import DetectionService
 from trtserve.serving.grpc_metrics import MetricsInterceptor
 from trtserve.serving.kserve_service import KServeService
 from trtserve.serving.pipeline import Pipeline
-from trtserve.serving.security import TokenAuthInterceptor, load_tokens, server_credentials
+from trtserve.serving.protocol import Drain, IntakeInterceptor
+from trtserve.serving.security import TokenAuthInterceptor, TokenSource, keepalive_options, server_credentials
 from trtserve.serving.settings import ServerSettings, serving_backend_options
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
@@ -39,7 +41,9 @@ class Server:
         self.settings = settings
         self.repository = repository or ModelRepository()
         self.port = 0
-        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="trtserve-worker")
+        # decode and letterbox, for every model (each pipeline runs its engine on threads of its own)
+        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="trtserve-decode")
+        self._drain = Drain()
         self._pipelines: dict[str, Pipeline] = {}
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -47,6 +51,7 @@ class Server:
         self.metrics_port: int | None = None  # bound port after start
         self._metrics_http: Any = None
         self._device_collectors: list[Any] = []
+        self._tokens: TokenSource | None = None  # with auth on; re-read on change and on SIGHUP
 
     @property
     def pipelines(self) -> dict[str, Pipeline]:
@@ -109,31 +114,50 @@ class Server:
 
     async def _start_grpc(self) -> None:
         s = self.settings
-        options = [("grpc.max_receive_message_length", s.max_message_bytes),
+        # gRPC's own limit is twice ours: a message between the two is refused by IntakeInterceptor after the
+        # frames before it were answered; only past gRPC's does the call end with nothing more answered.
+        # so_reuseport off: a second server on a port already served fails to bind instead of sharing it.
+        options = [("grpc.max_receive_message_length", 2 * s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
-                   ("grpc.max_concurrent_streams", s.max_concurrent_streams)]
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+                   ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+                   ("grpc.so_reuseport", 0),
+                   *keepalive_options(s.keepalive, s.grace_period_s)]
+        served = (detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name,
+                  kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics), IntakeInterceptor(served, s.max_message_bytes, self._drain)]
         if s.tokens_file is not None:
-            interceptors.append(TokenAuthInterceptor(load_tokens(s.tokens_file), s.auth_exempt_services))
+            self._tokens = TokenSource(s.tokens_file)
+            interceptors.append(TokenAuthInterceptor(self._tokens, s.auth_exempt))
         server = grpc.aio.server(options=options, interceptors=interceptors)
         self.detection_service = DetectionService(self._pipelines, self.settings.models[0], s.stream_max_in_flight)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection_service, server)
         kserve = KServeService(self._pipelines, s.stream_max_in_flight)
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        service_names = (detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name,
-                         kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-                         health.SERVICE_NAME, reflection.SERVICE_NAME)
+        service_names = (*served, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(service_names, server)
         address = f"{s.host}:{s.grpc_port}"
-        if s.tls is not None:
-            self.port = server.add_secure_port(address, server_credentials(s.tls))
-        else:
-            if s.host not in ("127.0.0.1", "localhost", "::1"):
-                logger.warning("serving plaintext gRPC on %s; configure tls for anything beyond loopback", address)
-            self.port = server.add_insecure_port(address)
+        try:
+            if s.tls is not None:
+                self.port = server.add_secure_port(address, server_credentials(s.tls))
+            else:
+                if s.host not in ("127.0.0.1", "localhost", "::1"):
+                    logger.warning("serving plaintext gRPC on %s; configure tls for anything beyond loopback",
+                                   address)
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
+            self.port = 0
+        if not self.port:
+            raise ConfigError(f"cannot listen for gRPC on {address}: the port is in use (another trtserve?) or the "
+                              "address is not this host's; stop the other server or pick another --grpc-port")
         await server.start()
         self._server = server
+
+    def reload_tokens(self, why: str = "SIGHUP") -> None:
+        """Re-read the tokens file now (what SIGHUP does); a file that cannot be used keeps the old tokens."""
+        if self._tokens is not None:
+            self._tokens.reload(why)
 
     async def _set_health(self, status: int) -> None:
         await self._health.set("", status)
@@ -143,6 +167,7 @@ class Server:
     async def stop(self) -> None:
         """Health NOT_SERVING first, then stop accepting, finish in-flight work within the grace period."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._drain.start()  # open streams read no more: they answer what they read, then end UNAVAILABLE
         if self._server is not None:
             # new calls are refused at once; calls already here keep their pipelines until they finish
             await self._server.stop(self.settings.grace_period_s)

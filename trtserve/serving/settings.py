@@ -16,7 +16,7 @@ import yaml
 
 from trtserve.config import PRECISIONS, DriftSpec, YamlReader, apply_drift_block
 from trtserve.errors import ConfigError
-from trtserve.serving.security import HEALTH_SERVICE, REFLECTION_SERVICES, TlsSettings
+from trtserve.serving.security import HEALTH_SERVICE, REFLECTION_SERVICES, KeepaliveSettings, TlsSettings
 
 if TYPE_CHECKING:
     from trtserve.backends.base import BackendOptions
@@ -58,19 +58,29 @@ class ServerSettings:
     stream_max_in_flight: int = 4  # frames of one StreamDetect call in the pipeline at once
     tls: TlsSettings | None = None  # None: plaintext (fine on loopback only)
     tokens_file: Path | None = None  # bearer-token auth when set
-    auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE, *REFLECTION_SERVICES)
+    auth_exempt_services: tuple[str, ...] = (HEALTH_SERVICE,)  # callable without a token (probes need health)
+    auth_reflection_requires_token: bool = True  # False: reflection is callable without a token as well
+    keepalive: KeepaliveSettings = field(default_factory=KeepaliveSettings)  # pings, idle/age limits
     metrics_port: int | None = 8002  # Prometheus /metrics; 0: any free port; None: off
     metrics_host: str | None = None  # None: the same as host
     device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
     drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
     drift_overrides: Mapping[str, Any] = field(default_factory=dict)  # env / flag drift keys: over model.yaml too
 
+    @property
+    def auth_exempt(self) -> tuple[str, ...]:
+        """The services callable without a token when tokens are on: ``auth_exempt_services``, and reflection
+        unless ``auth_reflection_requires_token``."""
+        return self.auth_exempt_services + (() if self.auth_reflection_requires_token else REFLECTION_SERVICES)
+
 
 _TOP = {"models", "precision", "host", "grpc_port", "workers", "intra_op_threads", "grace_period_s",
         "max_message_bytes", "batcher", "max_concurrent_streams", "stream_max_in_flight", "tls", "auth",
-        "metrics_port", "metrics_host", "device_metrics", "drift"}
+        "metrics_port", "metrics_host", "device_metrics", "drift", "keepalive"}
 _TLS = {"cert_file", "key_file", "client_ca_file"}
-_AUTH = {"tokens_file", "exempt_services"}
+_AUTH = {"tokens_file", "exempt_services", "reflection_requires_token"}
+_KEEPALIVE = {"time_s", "timeout_s", "min_ping_interval_s", "max_connection_idle_s", "max_connection_age_s",
+              "max_connection_age_grace_s"}
 _BATCHER = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "preferred_batch_sizes", "instances"}
 ENV_PREFIX = "TRTSERVE_"
 # environment variable -> (key, parser)
@@ -117,6 +127,7 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
                                      "the server private key (PEM)")),
                           Path(ca) if ca else None)
     tokens_file, exempt = settings.tokens_file, settings.auth_exempt_services
+    reflection_requires_token = settings.auth_reflection_requires_token
     if "auth" in top.data:
         a = YamlReader(source, top.get("auth", dict, expected="a mapping"), "auth", _AUTH)
         tokens = a.get("tokens_file", str, None, "a file with one token per line")
@@ -125,6 +136,28 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         if not all(isinstance(x, str) for x in listed):
             a.fail("auth.exempt_services", listed, "a list of gRPC service names")
         exempt = tuple(listed)
+        reflection_requires_token = a.get("reflection_requires_token", bool, reflection_requires_token,
+                                          "true or false")
+        if reflection_requires_token and set(exempt) & set(REFLECTION_SERVICES):
+            a.fail("auth.exempt_services", listed, "no reflection service while auth.reflection_requires_token "
+                   "is true (set it to false to open reflection)")
+    keepalive = settings.keepalive
+    if "keepalive" in top.data:
+        k = YamlReader(source, top.get("keepalive", dict, expected="a mapping"), "keepalive", _KEEPALIVE)
+
+        def seconds(name: str, lo: float, nullable: bool = False) -> Any:
+            if name not in k.data:
+                return getattr(settings.keepalive, name)
+            if nullable and k.data[name] is None:
+                return None  # null turns the limit off
+            return k.number(name, lo=lo, hi=30 * 86400.0)
+
+        keepalive = KeepaliveSettings(
+            time_s=seconds("time_s", 1.0), timeout_s=seconds("timeout_s", 0.1),
+            min_ping_interval_s=seconds("min_ping_interval_s", 0.0),
+            max_connection_idle_s=seconds("max_connection_idle_s", 0.1, nullable=True),
+            max_connection_age_s=seconds("max_connection_age_s", 0.1, nullable=True),
+            max_connection_age_grace_s=seconds("max_connection_age_grace_s", 0.0, nullable=True))
     drift = settings.drift
     if "drift" in top.data:
         drift = apply_drift_block(settings.drift, top.get("drift", dict, expected="a mapping"), source)
@@ -147,7 +180,8 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
                                           hi=100000, integer=True),
         stream_max_in_flight=top.number("stream_max_in_flight", settings.stream_max_in_flight, lo=1, hi=1024,
                                         integer=True),
-        tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt, batcher=batcher, drift=drift,
+        tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt,
+        auth_reflection_requires_token=reflection_requires_token, keepalive=keepalive, batcher=batcher, drift=drift,
         metrics_port=metrics_port, metrics_host=top.get("metrics_host", str, settings.metrics_host),
         device_metrics=top.choice("device_metrics", ("auto", "none"), settings.device_metrics))
 

@@ -256,9 +256,10 @@ def test_a_backend_failure_fails_its_batch_and_the_server_keeps_serving(tmp_path
 
 
 @pytest.mark.parametrize("policy", ["block", "drop_oldest"])
-def test_an_unexpected_failure_is_answered_internal_and_the_stream_goes_on(policy: str,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug in the serving path (not a frame's own error) must not hang or end the stream."""
+def test_an_unexpected_failure_is_answered_internal_and_the_stream_goes_on(
+        policy: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the serving path (not a frame's own error) must not hang or end the stream, and the client is told
+    only that it was internal, with an incident id that finds the traceback in the server's log."""
     from trtserve.serving.pipeline import Pipeline
 
     frames = [s.image_bgr for s in video_frames(6)]
@@ -284,10 +285,15 @@ def test_an_unexpected_failure_is_answered_internal_and_the_stream_goes_on(polic
         assert [s[0] for s in statuses] == list(range(6))
         for seq, status, code in statuses:
             assert (status, code) == ((pb.STATUS_ERROR, "INTERNAL") if seq % 3 == 1 else (pb.STATUS_OK, ""))
-        assert "internal error: RuntimeError('a bug')" in answers[0][1].reason
+        reason = answers[0][1].reason
+        assert reason.startswith("internal error (incident ")
+        assert "RuntimeError" not in reason and "a bug" not in reason
+        incident = reason.split("incident ")[1].split(";")[0]
+        assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Detect(raw_request(frames[0][:, :479].copy(), "one", 0))
         assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "a bug" not in (info.value.details() or "")
 
     asyncio.run(with_server(test))
 
