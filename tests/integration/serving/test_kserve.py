@@ -1,26 +1,60 @@
 """KServe v2 over gRPC, spoken by the real tritonclient, against a real trtserve server."""
 
 import queue
+import struct
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import InferenceServerException
 
 from trtserve.client import DetectionClient
 from trtserve.datasets.synthetic import evaluation_set
-from trtserve.serving.process import start_server_process, stop_server_process
+from trtserve.serving.process import free_port, start_server_process, stop_server_process
 
 from ...conftest import ENGINES
 
 
+@dataclass(frozen=True)
+class Served:
+    address: str
+    metrics_port: int
+
+    def frames(self, outcome: str | None = None, code: str | None = None) -> float:
+        """trtserve_frames_total of the model, summed over the series matching ``outcome`` and ``code``."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "trtserve_frames_total" and outcome in (None, s.labels["outcome"])
+                   and code in (None, s.labels["code"]))
+
+    def batched_frames(self) -> float:
+        """Frames sent to the backend so far (the sum of trtserve_batch_size)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "trtserve_batch_size_sum")
+
+
 @pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     log = tmp_path_factory.mktemp("kserve") / "server.log"
-    server, addr = start_server_process(ENGINES, "shapes", "fp32", log)
-    yield addr
+    metrics_port = free_port()
+    server, addr = start_server_process(ENGINES, "shapes", "fp32", log, metrics_port=metrics_port)
+    yield Served(addr, metrics_port)
     assert stop_server_process(server) == 0
+
+
+@pytest.fixture(scope="module")
+def address(served: Served) -> str:
+    return served.address
 
 
 def image_input(blobs: list[bytes]) -> tc.InferInput:
@@ -72,7 +106,7 @@ def test_model_infer_and_stream_infer_match_detect(address: str) -> None:
 @pytest.mark.parametrize("make, message", [
     (lambda: tc.InferInput("PIXELS", [1], "BYTES"), "one input named 'IMAGE'"),
     (lambda: tc.InferInput("IMAGE", [1, 3], "BYTES"), "expected [N] or [N, 1]"),
-    (lambda: tc.InferInput("IMAGE", [1], "FP32"), "datatype FP32; expected BYTES"),
+    (lambda: tc.InferInput("IMAGE", [1], "FP32"), "datatype 'FP32'; expected BYTES"),
 ])
 def test_wrong_tensor_is_invalid_argument_naming_it(address: str, make, message: str) -> None:  # type: ignore[no-untyped-def]
     tensor = make()
@@ -87,3 +121,95 @@ def test_wrong_tensor_is_invalid_argument_naming_it(address: str, make, message:
     with pytest.raises(InferenceServerException) as info:
         tc.InferenceServerClient(address).infer("cars", [image_input([b"x"])])
     assert "NOT_FOUND" in str(info.value.status())
+
+
+def scene_jpeg(width_px: int = 640, height_px: int = 480) -> bytes:
+    scene = next(s for s in evaluation_set(20) if len(s.class_ids) >= 2).image_bgr
+    return cv2.imencode(".jpg", cv2.resize(scene, (width_px, height_px)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def refused(address: str, *inputs: tc.InferInput, **kwargs) -> InferenceServerException:  # type: ignore[no-untyped-def]
+    with pytest.raises(InferenceServerException) as info:
+        tc.InferenceServerClient(address).infer("shapes", list(inputs), **kwargs)
+    return info.value
+
+
+def test_more_elements_than_the_max_batch_are_invalid_argument_before_any_is_decoded(served: Served) -> None:
+    before = served.frames()
+    error = refused(served.address, image_input([scene_jpeg()] * 9))
+    assert "INVALID_ARGUMENT" in str(error.status()) and "9 elements; at most 8 per request" in error.message()
+    started = time.monotonic()
+    error = refused(served.address, image_input([b""] * 20_000))  # the probe's 80 KB request
+    refused_s = time.monotonic() - started
+    assert "INVALID_ARGUMENT" in str(error.status()) and "20000 elements; at most 8 per request" in error.message()
+    assert refused_s < 2.0
+    assert served.frames() == before  # not one element reached the pipeline
+    assert tc.InferenceServerClient(served.address).infer("shapes", [image_input([scene_jpeg()] * 8)]).as_numpy(
+        "NUM_DETECTIONS").shape == (8,)
+
+
+def test_an_unknown_model_version_is_not_found_naming_the_available_ones(address: str) -> None:
+    error = refused(address, image_input([scene_jpeg()]), model_version="2")
+    assert "NOT_FOUND" in str(error.status())
+    assert "has no version '2'; available versions: ['1']" in error.message()
+    client = tc.InferenceServerClient(address)
+    assert client.infer("shapes", [image_input([scene_jpeg()])], model_version="1").get_response().model_version == "1"
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("shapes", model_version="7")
+    assert "NOT_FOUND" in str(info.value.status())
+    assert client.is_model_ready("shapes", "1") and not client.is_model_ready("shapes", "7")
+    error = refused(address, image_input([scene_jpeg()]), model_version="9" * 20_000)
+    assert "NOT_FOUND" in str(error.status()) and len(error.message()) < 400  # the echoed version is clipped
+
+
+def test_requested_outputs_unknown_ones_refused_known_ones_answered_alone(address: str) -> None:
+    error = refused(address, image_input([scene_jpeg()]), outputs=[tc.InferRequestedOutput("BOXES")])
+    assert "INVALID_ARGUMENT" in str(error.status())
+    assert "unknown output 'BOXES' requested; model 'shapes' has outputs ['DETECTIONS', 'NUM_DETECTIONS']" in (
+        error.message())
+    error = refused(address, image_input([scene_jpeg()]),
+                    outputs=[tc.InferRequestedOutput("DETECTIONS", class_count=3)])
+    assert "INVALID_ARGUMENT" in str(error.status()) and "classification" in error.message()
+    result = tc.InferenceServerClient(address).infer("shapes", [image_input([scene_jpeg()] * 2)],
+                                                     outputs=[tc.InferRequestedOutput("NUM_DETECTIONS")])
+    assert [o.name for o in result.get_response().outputs] == ["NUM_DETECTIONS"]
+    assert result.as_numpy("NUM_DETECTIONS").shape == (2,) and result.as_numpy("DETECTIONS") is None
+
+
+def test_ambiguous_tensor_data_is_invalid_argument(address: str) -> None:
+    blob = scene_jpeg()
+    raw = struct.pack("<I", len(blob)) + blob
+    both = kpb.ModelInferRequest(model_name="shapes", inputs=[kpb.ModelInferRequest.InferInputTensor(
+        name="IMAGE", datatype="BYTES", shape=[1], contents=kpb.InferTensorContents(bytes_contents=[blob]))],
+        raw_input_contents=[raw])
+    two_buffers = kpb.ModelInferRequest(model_name="shapes", inputs=[kpb.ModelInferRequest.InferInputTensor(
+        name="IMAGE", datatype="BYTES", shape=[1])], raw_input_contents=[raw, raw])
+    contents_only = kpb.ModelInferRequest(model_name="shapes", inputs=[kpb.ModelInferRequest.InferInputTensor(
+        name="IMAGE", datatype="BYTES", shape=[1], contents=kpb.InferTensorContents(bytes_contents=[blob]))])
+    with grpc.insecure_channel(address) as channel:
+        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+        for request, message in [(both, "both contents and raw_input_contents"),
+                                 (two_buffers, "2 raw_input_contents buffers")]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+        reply = stub.ModelInfer(contents_only, timeout=30)  # one of the two, either way, is fine
+        assert [o.name for o in reply.outputs] == ["DETECTIONS", "NUM_DETECTIONS"]
+
+
+def test_one_bad_element_fails_the_request_fast_and_its_siblings_never_reach_the_engine(served: Served) -> None:
+    big = scene_jpeg(1920, 1440)  # tens of ms to decode each on the server's 2 decode threads
+    ok, batched, total = served.frames("ok"), served.batched_frames(), served.frames()
+    cancelled = served.frames("error", "CANCELLED")
+    started = time.monotonic()
+    error = refused(served.address, image_input([b"not an image"] + [big] * 7))
+    answered_s = time.monotonic() - started
+    assert "INVALID_ARGUMENT" in str(error.status())  # the first failure's status
+    assert answered_s < 5.0
+    deadline = time.monotonic() + 10
+    while served.frames() < total + 8 and time.monotonic() < deadline:  # every element has its outcome
+        time.sleep(0.05)
+    assert served.frames() == total + 8
+    # the 7 good siblings were cancelled, not run: none reached the engine (the old gather ran all 7)
+    assert served.frames("ok") - ok <= 2 and served.batched_frames() - batched <= 2
+    assert served.frames("error", "CANCELLED") - cancelled >= 5
