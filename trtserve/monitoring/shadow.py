@@ -2,8 +2,14 @@
 
 The shadow runs in a process of its own: its Python work (decoding, matching, coverage) never holds the
 server's GIL, so a descheduled low-priority shadow cannot stall the serving threads, and a crash of the
-shadow cannot take the server down. :func:`shadow_open`, :func:`shadow_compare` and :func:`shadow_close` are
-what the server submits to that process (module-level, so they pickle); :class:`ShadowSetup` is all it gets.
+shadow cannot take the server down. :func:`shadow_main` is that process's whole life: it opens the shadow
+(:func:`shadow_open`), answers on its pipe, then compares each batch the server sends (:func:`shadow_compare`)
+until the server says stop or its end of the pipe closes (the server went away), and closes the shadow
+(:func:`shadow_close`). :class:`ShadowSetup` is all it gets.
+
+The pipe protocol (pickled tuples): the process first sends ``("ok", ShadowInfo)`` or ``("error", exception)``;
+then, for each request ``(tensor, served, geometries, thresholds)``, ``("ok", list[FrameDrift])`` or ``("error",
+exception)`` (the request failed, the process goes on); ``None`` asks it to close and exit.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +34,8 @@ from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts, match_pairs
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from trtserve.monitoring.ranges import Range
 
 logger = logging.getLogger(__name__)
@@ -215,3 +223,39 @@ def shadow_close() -> None:
         _shadow.backend.close()
         _shadow.scratch.cleanup()
         _shadow = None
+
+
+def shadow_main(conn: Connection, setup: ShadowSetup) -> None:
+    """The shadow process: open, then answer requests on ``conn`` until ``None`` or EOF (see the module's protocol).
+
+    A request that fails is answered with its error and the process goes on; only the server's ``None``, the
+    server's end of the pipe closing, or a crash end it.
+    """
+    try:
+        info = shadow_open(setup)
+    except BaseException as exc:  # the server re-raises it: a model that cannot load is its error to report
+        conn.send(("error", _picklable(exc)))
+        return
+    try:
+        conn.send(("ok", info))
+        while (request := conn.recv()) is not None:
+            try:
+                reply: tuple[str, Any] = ("ok", shadow_compare(*request))
+            except Exception as exc:
+                reply = ("error", _picklable(exc))
+            conn.send(reply)
+    except (EOFError, OSError):  # the server went away (its end of the pipe closed): nobody to answer
+        pass
+    finally:
+        shadow_close()
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` itself when it survives pickling (the server then sees its type), else a RuntimeError saying it."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc

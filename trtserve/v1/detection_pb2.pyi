@@ -208,7 +208,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., serving_precision: _Optional[str] = ..., backend: _Optional[str] = ..., batcher: _Optional[_Union[BatcherSettings, _Mapping]] = ..., stats: _Optional[_Union[BatcherStats, _Mapping]] = ..., ready: _Optional[bool] = ..., drift: _Optional[_Union[DriftSummary, _Mapping]] = ...) -> None: ...
 
 class DriftSummary(_message.Message):
-    __slots__ = ("sample_rate", "shadow_precision", "samples", "skipped", "errors", "window_frames", "agreement_f1", "mean_iou", "mean_score_abs_diff", "missed", "extra", "out_of_range_ratio", "below_threshold", "ranges_source")
+    __slots__ = ("sample_rate", "shadow_precision", "samples", "skipped", "errors", "window_frames", "agreement_f1", "mean_iou", "mean_score_abs_diff", "missed", "extra", "out_of_range_ratio", "below_threshold", "ranges_source", "stale", "shadow_restarts", "skipped_shadow_down")
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_PRECISION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,9 @@ class DriftSummary(_message.Message):
     OUT_OF_RANGE_RATIO_FIELD_NUMBER: _ClassVar[int]
     BELOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RANGES_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SHADOW_DOWN_FIELD_NUMBER: _ClassVar[int]
     sample_rate: float
     shadow_precision: str
     samples: int
@@ -237,4 +240,7 @@ class DriftSummary(_message.Message):
     out_of_range_ratio: float
     below_threshold: bool
     ranges_source: str
-    def __init__(self, sample_rate: _Optional[float] = ..., shadow_precision: _Optional[str] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., window_frames: _Optional[int] = ..., agreement_f1: _Optional[float] = ..., mean_iou: _Optional[float] = ..., mean_score_abs_diff: _Optional[float] = ..., missed: _Optional[int] = ..., extra: _Optional[int] = ..., out_of_range_ratio: _Optional[float] = ..., below_threshold: _Optional[bool] = ..., ranges_source: _Optional[str] = ...) -> None: ...
+    stale: bool
+    shadow_restarts: int
+    skipped_shadow_down: int
+    def __init__(self, sample_rate: _Optional[float] = ..., shadow_precision: _Optional[str] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., window_frames: _Optional[int] = ..., agreement_f1: _Optional[float] = ..., mean_iou: _Optional[float] = ..., mean_score_abs_diff: _Optional[float] = ..., missed: _Optional[int] = ..., extra: _Optional[int] = ..., out_of_range_ratio: _Optional[float] = ..., below_threshold: _Optional[bool] = ..., ranges_source: _Optional[str] = ..., stale: _Optional[bool] = ..., shadow_restarts: _Optional[int] = ..., skipped_shadow_down: _Optional[int] = ...) -> None: ...

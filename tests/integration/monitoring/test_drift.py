@@ -167,19 +167,41 @@ def test_a_shadow_of_another_shape_refuses_to_start(tmp_path: Path) -> None:
         asyncio.run(Server(settings, ModelRepository(tmp_path / "engines")).start())
 
 
-def test_a_failing_shadow_is_counted_and_serving_is_unaffected() -> None:
+def test_a_killed_shadow_is_restarted_and_serving_is_unaffected() -> None:
     async def test(server: Server, channel: grpc.aio.Channel) -> None:
         monitor = server.pipelines["shapes"].drift
         assert monitor is not None
-        shadow_pid = monitor._executor.submit(os.getpid).result()
-        assert shadow_pid != os.getpid()  # the shadow runs in a process of its own
+        stub = pb_grpc.DetectionServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        labels = {"model": "shapes", "precision": "int8"}
+        shadow_pid = monitor.shadow_pid
+        assert shadow_pid is not None and shadow_pid != os.getpid()  # the shadow runs in a process of its own
         os.kill(shadow_pid, signal.SIGKILL)  # the shadow crashes
+        assert await asyncio.to_thread(monitor.wait_shadow, False, 10)
+        m = scrape(server.metrics_port or 0)
+        assert value(m, "trtserve_drift_shadow_up", **labels) == 0  # the default backoff: back in 1 s at the earliest
+        assert np.isnan(value(m, "trtserve_drift_window_agreement_f1", **labels))
+        assert (await stub.GetModel(pb.GetModelRequest(name="shapes"))).drift.stale
         answers = await stream(channel, FRAMES[:16])
         assert [a.status for a in answers] == [pb.STATUS_OK] * 16
-        assert monitor.wait_idle()
+        status = (await health.Check(health_pb2.HealthCheckRequest(service="shapes"))).status
+        assert status == health_pb2.HealthCheckResponse.SERVING  # a dead shadow is no reason to stop serving
+
+        assert await asyncio.to_thread(monitor.wait_shadow, True, 60)
+        assert monitor.shadow_pid not in (None, shadow_pid)
+        answers = await stream(channel, FRAMES[:16])
+        assert [a.status for a in answers] == [pb.STATUS_OK] * 16
+        assert await asyncio.to_thread(monitor.wait_idle)
         m = scrape(server.metrics_port or 0)
-        assert value(m, "trtserve_drift_errors_total", model="shapes", precision="int8") >= 2
-        assert value(m, "trtserve_frames_total", model="shapes", outcome="ok") == 16
+        assert value(m, "trtserve_drift_shadow_up", **labels) == 1
+        assert value(m, "trtserve_drift_shadow_restarts_total", **labels) == 1
+        assert value(m, "trtserve_drift_errors_total", **labels) == 0  # dropped while down, not failed runs
+        assert value(m, "trtserve_drift_window_agreement_f1", **labels) >= 0.95
+        assert value(m, "trtserve_frames_total", model="shapes", outcome="ok") == 32
+        drift = (await stub.GetModel(pb.GetModelRequest(name="shapes"))).drift
+        assert not drift.stale and drift.shadow_restarts == 1
+        assert drift.window_frames == drift.samples >= 16  # only frames the new shadow compared
+        assert drift.samples + 8 * drift.skipped_shadow_down >= 32  # every sampled batch compared or counted
 
     asyncio.run(serve(ModelRepository(ENGINES), SHADOW_ALL, test))
 
