@@ -43,3 +43,62 @@ class RateLimitedLog:
 
     def warning(self, key: str, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, key, message, *args)
+
+
+# What native decoders print straight to file descriptor 2 about a client's bad image (libjpeg, libpng, OpenCV's
+# codecs): one per frame, and a client decides how many frames. Prefixes, matched at the start of a line.
+NATIVE_DECODER_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                           "Unsupported marker type", "libpng warning", "libpng error", "[ WARN", "imread_",
+                           "imdecode_")
+
+
+def rate_limit_native_stderr(prefixes: tuple[str, ...] = NATIVE_DECODER_WARNINGS, interval_s: float = 60.0
+                             ) -> Callable[[], None]:
+    """Route this process's file descriptor 2 through a filter: lines starting with one of ``prefixes`` (what native
+    libraries print about a client's bad frame) are written once per kind per ``interval_s`` with a count; every
+    other line passes through unchanged, in order. Returns a function that restores fd 2. For a server process:
+    the native code writes to the descriptor, so nothing else can hold it back. The filter's own lines go to the
+    original descriptor directly (never back through the pipe it drains)."""
+    import os
+
+    original = os.dup(2)
+    out = logging.getLogger("trtserve.native")
+    out.propagate = False
+    handler = logging.StreamHandler(os.fdopen(os.dup(original), "w", buffering=1))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    out.addHandler(handler)
+    import faulthandler  # a crash's dump must not wait for the pump thread: straight to the original descriptor
+
+    faulthandler.enable(file=handler.stream)
+    limited = RateLimitedLog(out, interval_s)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            pending = b""
+            while chunk := source.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", "replace")
+                    prefix = next((p for p in prefixes if text.lstrip().startswith(p)), None)
+                    if prefix is None:
+                        os.write(original, line + b"\n")
+                    else:
+                        limited.warning(prefix, "native decoder: %s", text.strip()[:200])
+            if pending:
+                os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="trtserve-stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        os.dup2(original, 2)  # closes the pipe's last write end: the pump drains and stops
+        thread.join(timeout=2.0)
+        os.close(original)
+        out.removeHandler(handler)
+        handler.close()
+
+    return restore

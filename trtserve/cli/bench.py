@@ -39,7 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     shadow = args.what == "streams" and args.shadow_rate is not None
     args.precision = args.precision or ("int8" if shadow else "fp32")
-    args.repeats = args.repeats or (2 if shadow else 1 if args.what == "streams" else 20)
+    args.repeats = args.repeats or (2 if shadow else 1 if args.what == "streams" else 3 if args.what == "hostile"
+                                    else 20)
     if args.what == "streams":
         from trtserve.bench import streams as bench_streams
     if shadow:
@@ -75,6 +76,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"engine alone {s.engine_cpu_ms_per_frame} ms"
             + (f"; efficiency these allow with every core busy: {s.cpu_bound_efficiency_ceiling}"
                if s.cpu_bound_efficiency_ceiling is not None else "")))
+        return 0
+    if args.what == "hostile":
+        from trtserve.bench import hostile as bench_hostile
+
+        h = bench_hostile.run(args.repository, args.model, args.precision, args.seconds, max(1, args.repeats))
+        i, f = h.interference, h.flood
+        lines = [
+            f"{h.model} {h.precision}: a camera at {bench_hostile.GOOD_FPS:g} fps alone vs beside 2 clients sending "
+            f"decoder bombs at {bench_hostile.HOSTILE_BYTES_PER_S:g} B/s each (medians of {i.repeats}):",
+            f"  camera p50 {i.good_p50_ms_alone} ms vs {i.good_p50_ms_beside_bombs} ms (ratio {i.p50_ratio}); "
+            f"{i.bombs_refused} of {i.bombs_sent} bombs refused, answered in {i.bomb_answer_p50_ms} ms p50",
+            f"flood of {f.concurrent_calls} concurrent unary calls on max_queue_size {f.max_queue_size}: {f.ok} ok, "
+            f"{f.refused} refused in {f.refusal_p50_ms} ms p50 / {f.refusal_p99_ms} ms p99, "
+            f"{f.other_errors} other errors, {f.lost} lost",
+            f"overload (unary, open loop) against a peak of {h.peak_fps} frames/s:"]
+        lines += [f"  {r.offered_x_peak:g}x ({r.offered_fps} offered/s): goodput {r.goodput_fps}/s = "
+                  f"{r.goodput_ratio} x peak; {r.refused} refused in {r.refusal_p50_ms} ms p50 / "
+                  f"{r.refusal_p99_ms} ms p99; ok p50 {r.ok_p50_ms} ms; lost {r.lost}" for r in h.overload]
+        emit(h.as_dict(), args.json, "\n".join(lines))
         return 0
     if args.what == "calibration":
         from trtserve.bench import calibration as bench_calibration
@@ -118,8 +138,11 @@ def register(sub: Subcommands) -> None:
 
     p = model_command(sub, "bench", "'streams' (default): concurrent streams against a server beside the raw engine; "
                       "'throughput': in-process, raw backend vs end to end per batch size; "
-                      "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static")
-    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration"], default="streams")
+                      "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static; "
+                      "'hostile': decoder bombs beside a camera, a unary flood, goodput under 2x/4x overload")
+    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration", "hostile"],
+                   default="streams")
+    p.add_argument("--seconds", type=float, default=5.0, help="bench hostile: seconds per load phase (default 5)")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
     p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
     p.add_argument("--server", help="a running server (bench streams); default: start one here")

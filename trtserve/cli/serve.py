@@ -45,7 +45,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sys.stderr.write("trtserve: draining\n")
         await server.stop()
 
-    asyncio.run(run())
+    from trtserve.logs import rate_limit_native_stderr
+
+    restore_stderr = rate_limit_native_stderr()  # libjpeg / libpng print a line per bad frame a client sends
+    try:
+        asyncio.run(run())
+    finally:
+        restore_stderr()
     return 0
 
 
