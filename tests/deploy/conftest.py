@@ -19,6 +19,7 @@ from tests.deploy import kustomize_py
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("cpu", "gpu", "jetson")
+EXAMPLES = ("monitored",)  # k8s/examples/: overlays with the opt-in components
 
 Renderer = Callable[[Path], list[dict[str, Any]]]
 
@@ -60,3 +61,8 @@ def render() -> Renderer:
 @pytest.fixture(scope="session")
 def rendered(render: Renderer) -> dict[str, list[dict[str, Any]]]:
     return {name: render(K8S / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def examples(render: Renderer) -> dict[str, list[dict[str, Any]]]:
+    return {name: render(K8S / "examples" / name) for name in EXAMPLES}

@@ -7,8 +7,9 @@ kustomize renders wherever one is installed.
 
 Supported, with kustomize's semantics: ``resources`` (files and kustomization folders), ``components``,
 ``configMapGenerator`` with ``files`` (content-hash name suffix, computed as kustomize does), ``images``
-(``newName``/``newTag``/``digest``), ``patches`` holding RFC 6902 JSON patches with a ``target``, and the rewrite of
-ConfigMap references in pod templates to the hashed name. Anything else in a kustomization is an error.
+(``newName``/``newTag``/``digest``), ``patches`` holding RFC 6902 JSON patches with a ``target``, ``labels`` (with
+``includeSelectors`` / ``includeTemplates``, on the kinds k8s/ uses), and the rewrite of ConfigMap references in pod
+templates to the hashed name. Anything else in a kustomization is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from typing import Any
 
 import yaml
 
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator", "images", "patches"}
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator", "images", "patches",
+                       "labels"}
+_WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"}
+# where kustomize's labels transformer puts selector labels (its commonLabels field specs), for these kinds
+_SELECTOR_PATHS = {"Service": [("spec", "selector")],
+                   "PodDisruptionBudget": [("spec", "selector", "matchLabels")],
+                   "NetworkPolicy": [("spec", "podSelector", "matchLabels")]}
 
 
 class KustomizeError(Exception):
@@ -123,6 +130,39 @@ def _set_images(docs: list[dict[str, Any]], images: list[dict[str, Any]]) -> Non
                 container["image"] = new + image[len(name):]
 
 
+def _set(node: dict[str, Any], path: tuple[str, ...], pairs: dict[str, str], create: bool) -> None:
+    for key in path:
+        if key not in node:
+            if not create:
+                return
+            node[key] = {}
+        node = node[key]
+    node.update(pairs)
+
+
+def _apply_labels(docs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        unknown = set(entry) - {"pairs", "includeSelectors", "includeTemplates"}
+        if unknown:
+            raise KustomizeError(f"labels: fields this renderer does not implement: {sorted(unknown)}")
+        pairs = {str(k): str(v) for k, v in entry["pairs"].items()}
+        selectors = bool(entry.get("includeSelectors", False))
+        templates = selectors or bool(entry.get("includeTemplates", False))
+        for doc in docs:
+            _set(doc, ("metadata", "labels"), pairs, create=True)
+            kind = doc["kind"]
+            if kind in _WORKLOADS and templates:
+                _set(doc, ("spec", "template", "metadata", "labels"), pairs, create=True)
+            if not selectors:
+                continue
+            if kind in _WORKLOADS:
+                _set(doc, ("spec", "selector", "matchLabels"), pairs, create=True)
+                for spread in doc["spec"]["template"].get("spec", {}).get("topologySpreadConstraints", []):
+                    _set(spread, ("labelSelector", "matchLabels"), pairs, create=False)
+            for path in _SELECTOR_PATHS.get(kind, []):
+                _set(doc, path, pairs, create=False)
+
+
 def _rename_configmaps(docs: list[dict[str, Any]], names: dict[str, str]) -> None:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
@@ -149,6 +189,8 @@ def _build(root: Path, renames: dict[str, str], component: bool = False) -> list
     unknown = set(k) - _KUSTOMIZATION_KEYS
     if unknown:
         raise KustomizeError(f"{kfile}: fields this renderer does not implement: {sorted(unknown)}")
+    if component and "labels" in k:  # kustomize applies a component's labels to its parent's objects too
+        raise KustomizeError(f"{kfile}: labels in a Component are not implemented by this renderer")
     expected_kind = "Component" if component else "Kustomization"
     if k.get("kind", "Kustomization") != expected_kind:
         raise KustomizeError(f"{kfile}: kind {k.get('kind')!r} where {expected_kind} was expected")
@@ -165,7 +207,13 @@ def _build(root: Path, renames: dict[str, str], component: bool = False) -> list
             data[key or Path(rel).name] = (root / rel).read_text(encoding="utf-8")
         hashed = f"{gen['name']}-{configmap_hash(data)}"
         renames[gen["name"]] = hashed
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": hashed}, "data": data})
+        options = gen.get("options", {})
+        if set(options) - {"labels"}:
+            raise KustomizeError(f"{kfile}: configMapGenerator options other than labels are not implemented")
+        metadata: dict[str, Any] = {"name": hashed}
+        if options.get("labels"):
+            metadata["labels"] = {str(k): str(v) for k, v in options["labels"].items()}
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
     for patch in k.get("patches", []):
         ops = yaml.safe_load((root / patch["path"]).read_text(encoding="utf-8"))
         if not isinstance(ops, list):
@@ -175,6 +223,7 @@ def _build(root: Path, renames: dict[str, str], component: bool = False) -> list
             raise KustomizeError(f"{patch['path']}: the target {patch.get('target')} matches no resource")
         for doc in targets:
             _json_patch(doc, ops)
+    _apply_labels(docs, k.get("labels", []))
     _set_images(docs, k.get("images", []))
     return docs
 

@@ -188,3 +188,22 @@ def test_compose_wires_alert_rules_and_dashboard() -> None:
     for source in [*prom_mounts, *graf_mounts]:
         if not source.startswith("../monitoring/"):  # the metrics work adds monitoring/
             assert (docker / source).exists(), source
+
+
+def test_gpu_image_runs_on_a_runtime_base_with_tensorrt_runtime_packages_only() -> None:
+    text = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    stages = stages_of(text)
+    build, final = stages[0], stages[-1]
+    assert build.image.startswith("nvcr.io/nvidia/tensorrt:")  # the venv is built on the development image
+    assert not final.image.startswith("nvcr.io/nvidia/tensorrt:") and "devel" not in final.image
+    cuda = re.fullmatch(r"nvcr\.io/nvidia/cuda:(\d+)\.(\d+)\.\d+-runtime-ubuntu(\d+\.\d+)", final.image)
+    assert cuda, final.image
+    deb = re.search(r"^ARG TENSORRT_DEB_VERSION=(\S+)$", text, re.MULTILINE)
+    assert deb and deb.group(1).endswith(f"+cuda{cuda.group(1)}.{cuda.group(2)}"), "TensorRT debs for another CUDA"
+    install = " ".join(r for r in final.values("RUN") if "apt-get install" in r)
+    packages = [w for w in install.split() if w.startswith(("libnvinfer", "libnvonnx", "python3-libnvinfer"))]
+    assert packages and all(p.endswith("=${TENSORRT_DEB_VERSION}") for p in packages), packages  # all pinned alike
+    assert not [p for p in packages if "-dev" in p or "-bin" in p or "samples" in p], packages
+    assert "python3-libnvinfer=${TENSORRT_DEB_VERSION}" in packages  # the bindings the venv sees
+    build_run = " ".join(build.values("RUN"))
+    assert "include-system-site-packages = true" in build_run and "--system-site-packages" not in build_run

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
 from tests.deploy import kustomize_py
-from tests.deploy.conftest import K8S, OVERLAYS, ROOT, real_kustomize, render_with
+from tests.deploy.conftest import EXAMPLES, K8S, OVERLAYS, ROOT, real_kustomize, render_with
 from trtserve.deploy.entrypoint import resolved_settings
 from trtserve.serving.server import ServerSettings
 
@@ -20,6 +22,10 @@ from trtserve.serving.server import ServerSettings
 KUBERNETES_VERSION = "1.27.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # no JSON schema in kubernetes-validate: checked structurally
 DEFAULT_METRICS_PORT = 8002  # the server's metrics port when its configuration does not name one
+# the recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels)
+RECOMMENDED_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                      "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"}
+SELECTOR_LABELS = {"app.kubernetes.io/name": "trtserve", "app.kubernetes.io/instance": "trtserve"}
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -44,15 +50,79 @@ def server_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_objects_validate_against_kubernetes_schemas(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_default_overlays_need_no_crd(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """What `kubectl apply -k k8s/overlays/<overlay>` sends: every object is of a built-in Kubernetes 1.27 kind and
+    validates strictly against its schema, so a cluster without the Prometheus Operator (or any other CRD) takes it."""
     kinds = set()
     for doc in rendered[overlay]:
         kinds.add(doc["kind"])
-        if doc["kind"] in CRD_KINDS:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # SchemaNotFoundError for a CRD's kind
+    assert kinds == {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
+                     "HorizontalPodAutoscaler"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_validate_and_add_the_opt_in_components(examples: dict[str, list[dict[str, Any]]],
+                                                        example: str) -> None:
+    kinds = set()
+    for doc in examples[example]:
+        kinds.add(doc["kind"])
+        if doc["kind"] in CRD_KINDS:  # the same check refuses them: they need the Operator's CRDs
+            with pytest.raises(kubernetes_validate.utils.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             continue
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert CRD_KINDS | {"NetworkPolicy", "Deployment"} <= kinds
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_replicas_where_the_hpa_owns_the_count(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    docs = rendered[overlay]
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        owned = one(docs, target["kind"], target["name"])
+        assert "replicas" not in owned["spec"], f"{target['name']}: every apply would reset the HPA's scale"
+
+
+def _all_rendered(rendered: dict[str, list[dict[str, Any]]],
+                  examples: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {**rendered, **{f"examples/{k}": v for k, v in examples.items()}}
+
+
+def test_every_object_has_the_recommended_labels(rendered: dict[str, list[dict[str, Any]]],
+                                                 examples: dict[str, list[dict[str, Any]]]) -> None:
+    found = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert found is not None
+    version = found.group(1)
+    for name, docs in _all_rendered(rendered, examples).items():
+        for doc in docs:
+            labels = doc["metadata"].get("labels", {})
+            where = f"{name}: {doc['kind']} {doc['metadata']['name']}"
+            assert RECOMMENDED_LABELS <= set(labels), (where, sorted(RECOMMENDED_LABELS - set(labels)))
+            assert labels["app.kubernetes.io/version"] == version, where
+            assert SELECTOR_LABELS.items() <= labels.items(), where
+            assert labels["app.kubernetes.io/part-of"] == "trtserve", where
+        template = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert RECOMMENDED_LABELS <= set(template), name
+        images = {c["image"].rsplit(":", 1)[1] for c in all_containers(docs)}
+        assert all(tag.startswith(version + "-") for tag in images), (name, images)
+
+
+def test_selectors_are_minimal_and_immutable_safe(rendered: dict[str, list[dict[str, Any]]],
+                                                  examples: dict[str, list[dict[str, Any]]]) -> None:
+    """Selectors hold name and instance only: a Deployment's selector cannot change after creation, so a label that
+    changes between releases (version) or is not the same on every pod must never be in one."""
+    for name, docs in _all_rendered(rendered, examples).items():
+        deployment = one(docs, "Deployment")
+        template = deployment["spec"]["template"]["metadata"]["labels"]
+        selectors = [deployment["spec"]["selector"]["matchLabels"],
+                     *[s["labelSelector"]["matchLabels"] for s in pod_spec(docs)["topologySpreadConstraints"]],
+                     one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                     *[d["spec"]["selector"] for d in docs if d["kind"] == "Service"],
+                     *[d["spec"]["podSelector"]["matchLabels"] for d in docs if d["kind"] == "NetworkPolicy"]]
+        for selector in selectors:
+            assert selector == SELECTOR_LABELS, (name, selector)
+            assert selector.items() <= template.items(), name
 
 
 def test_schema_validation_catches_a_misspelled_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -158,10 +228,10 @@ def test_server_config_in_the_configmap_is_valid(rendered: dict[str, list[dict[s
     assert {i["key"] for i in volume["configMap"]["items"]} == set(cm["data"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_servicemonitor_scrapes_the_servers_metrics_port(rendered: dict[str, list[dict[str, Any]]],
-                                                         overlay: str) -> None:
-    docs = rendered[overlay]
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_servicemonitor_scrapes_the_servers_metrics_port(examples: dict[str, list[dict[str, Any]]],
+                                                         example: str) -> None:
+    docs = examples[example]
     config = server_config(docs)
     metrics_port = config.get("metrics_port", getattr(ServerSettings(), "metrics_port", DEFAULT_METRICS_PORT))
     server = pod_spec(docs)["containers"][0]
@@ -173,15 +243,41 @@ def test_servicemonitor_scrapes_the_servers_metrics_port(rendered: dict[str, lis
     assert endpoint["port"] == metrics["name"]
     assert endpoint["path"] == "/metrics"
     selector = monitor["spec"]["selector"]
+    assert set(selector) == {"matchLabels"}
     assert selector["matchLabels"].items() <= service["metadata"]["labels"].items()
     # the headless Service must not match, or every pod would be scraped twice
     headless = one(docs, "Service", "trtserve-grpc")
     assert headless["spec"]["clusterIP"] == "None"
-    excluded = [e["key"] for e in selector["matchExpressions"] if e["operator"] == "DoesNotExist"]
-    assert any(key in headless["metadata"]["labels"] for key in excluded)
-    assert not any(key in service["metadata"]["labels"] for key in excluded)
+    assert not selector["matchLabels"].items() <= headless["metadata"]["labels"].items()
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(metrics_port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_annotated_for_a_prometheus_without_the_operator(rendered: dict[str, list[dict[str, Any]]],
+                                                                  overlay: str) -> None:
+    docs = rendered[overlay]
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    port = server_config(docs).get("metrics_port", DEFAULT_METRICS_PORT)
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                           "prometheus.io/path": "/metrics"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_network_policy_admits_only_grpc_and_the_metrics_scrape(examples: dict[str, list[dict[str, Any]]],
+                                                                example: str) -> None:
+    docs = examples[example]
+    policy = one(docs, "NetworkPolicy")
+    template = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # ingress is default-deny for the selected pods
+    ports = {p["name"]: p["containerPort"] for p in pod_spec(docs)["containers"][0]["ports"]}
+    rules = policy["spec"]["ingress"]
+    admitted = {p["port"]: rule["from"] for rule in rules for p in rule["ports"]}
+    assert all(p["protocol"] == "TCP" for rule in rules for p in rule["ports"])
+    assert set(admitted) == {ports["grpc"], ports["metrics"]}  # nothing else reaches the pods
+    (scraper,) = admitted[ports["metrics"]]
+    assert scraper["namespaceSelector"]["matchLabels"] and scraper["podSelector"]["matchLabels"]  # not everyone
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -264,7 +360,7 @@ def test_prometheusrule_generator(tmp_path: Path) -> None:
         prometheus_rule(tmp_path / "empty.yml")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*(f"overlays/{o}" for o in OVERLAYS), *(f"examples/{e}" for e in EXAMPLES)])
 def test_renderer_matches_kustomize(overlay: str) -> None:
     found = real_kustomize()
     if found is None:
@@ -273,8 +369,8 @@ def test_renderer_matches_kustomize(overlay: str) -> None:
     def key(d: dict[str, Any]) -> tuple[str, str, str]:
         return d["apiVersion"], d["kind"], d["metadata"]["name"]
 
-    real = {key(d): d for d in render_with(found[0])(K8S / "overlays" / overlay)}
-    mine = {key(d): d for d in kustomize_py.build(K8S / "overlays" / overlay)}
+    real = {key(d): d for d in render_with(found[0])(K8S / overlay)}
+    mine = {key(d): d for d in kustomize_py.build(K8S / overlay)}
     assert mine == real, f"the Python renderer departs from {found[1]}"
 
 

@@ -1,8 +1,15 @@
 """Prometheus metrics: one registry per server, one ``trtserve_`` prefix, base units, bounded labels.
 
-Labels are only ever model, precision, method, code, outcome, stage and tensor (a configured set) —
-never a stream or frame id, so the series count does not grow with traffic. Everything is served in the
-Prometheus text format on its own HTTP port (:func:`start_metrics_http`).
+Labels are only ever model, precision, method, code, outcome, stage and tensor (a configured set), and the gRPC
+convention's grpc_type, grpc_service, grpc_method and grpc_code —
+never a stream or frame id, so the series count does not grow with traffic; a model label only ever holds
+the name of a loaded model. Everything is served in the Prometheus text format on its own HTTP port
+(:func:`start_metrics_http`), without prometheus_client's ``_created`` series (:class:`Registry`).
+
+gRPC calls are counted twice over, on purpose: ``grpc_server_started_total`` / ``grpc_server_handled_total``
+carry the names and labels of the grpc-ecosystem convention (go-grpc-prometheus, which gRPC dashboards and
+alert mixins read) for every service, health and reflection included; ``trtserve_requests_total`` counts only
+the inference APIs' calls, by model.
 
 Process CPU and memory are always exported; GPU utilisation and memory come from the optional device
 collectors of :mod:`trtserve.monitoring.devices`.
@@ -11,10 +18,13 @@ collectors of :mod:`trtserve.monitoring.devices`.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from trtserve.errors import ConfigError
@@ -27,19 +37,54 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 SCORE_DIFF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
+# The monotonic time at which the current gRPC call's deadline falls (None: no deadline), set by the server's
+# metrics interceptor for the call's task; tasks the handler starts inherit it. A frame cancelled because its
+# call's deadline passed is counted DEADLINE_EXCEEDED, as the client sees it, not CANCELLED.
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("trtserve_call_deadline", default=None)
+
+
+def call_deadline_passed() -> bool:
+    """True inside a gRPC call whose deadline has passed (see :data:`CALL_DEADLINE`)."""
+    deadline = CALL_DEADLINE.get()
+    return deadline is not None and time.monotonic() >= deadline
+
+
+class Registry(CollectorRegistry):
+    """A registry that leaves out the ``<name>_created`` samples of counters, histograms and summaries.
+
+    prometheus_client exports, beside every counter and histogram child, a ``_created`` series holding the
+    child's creation time: as many series again, which Prometheus does not need (``rate`` and ``increase``
+    handle counter resets). Its own switch, ``disable_created_metrics()``, is process-wide; this is per registry.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for family in super().collect():
+            if family.type in ("counter", "histogram", "summary", "gaugehistogram"):
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
 
 class Metrics:
-    """All of the server's metric families, registered in ``registry`` (a private one by default)."""
+    """All of the server's metric families, registered in ``registry`` (a private :class:`Registry` by default)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or Registry(auto_describe=True)
         r = self.registry
+        # models with metrics, in the order they were loaded: the first is the server's default model
+        self.models: dict[str, None] = {}
         if process:
             ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.frames = Counter("trtserve_frames", "Frames answered, by outcome (ok, dropped, error) and gRPC code",
                               ["model", "precision", "outcome", "code"], registry=r)
-        self.requests = Counter("trtserve_requests", "gRPC calls finished, by method and status code",
-                                ["method", "code"], registry=r)
+        self.requests = Counter("trtserve_requests",
+                                "Calls of the inference APIs (trtserve.v1, KServe v2) finished, by model, method and "
+                                "gRPC status code; health checks and reflection are not counted here",
+                                ["model", "method", "code"], registry=r)
+        # the grpc-ecosystem convention (go-grpc-prometheus), every service: grpc_code holds Go's code names
+        self.grpc_started = Counter("grpc_server_started", "RPCs started on the server",
+                                    ["grpc_type", "grpc_service", "grpc_method"], registry=r)
+        self.grpc_handled = Counter("grpc_server_handled", "RPCs completed on the server, whatever their status",
+                                    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"], registry=r)
         self.stage_seconds = Histogram(
             "trtserve_stage_duration_seconds",
             "Time one frame spent per stage: queue wait, preprocess (decode, letterbox, normalize), inference "
@@ -88,8 +133,18 @@ class Metrics:
         self.drift_errors = Counter("trtserve_drift_errors", "Shadow runs that failed (serving is unaffected)",
                                     ["model", "precision"], registry=r)
         self.drift_window_f1 = Gauge("trtserve_drift_window_agreement_f1",
-                                     "Agreement F1 pooled over the rolling window of sampled frames",
+                                     "Agreement F1 pooled over the rolling window of sampled frames (NaN while "
+                                     "there is no current window: none yet, or the shadow is down)",
                                      ["model", "precision"], registry=r)
+        self.drift_shadow_up = Gauge("trtserve_drift_shadow_up",
+                                     "1 while the drift shadow process runs, 0 while it is down (being restarted)",
+                                     ["model", "precision"], registry=r)
+        self.drift_shadow_restarts = Counter("trtserve_drift_shadow_restarts",
+                                             "Times the drift shadow process was started again after it died",
+                                             ["model", "precision"], registry=r)
+        self.drift_skipped_shadow_down = Counter("trtserve_drift_skipped_shadow_down",
+                                                 "Sampled batches not compared because the shadow process was down",
+                                                 ["model", "precision"], registry=r)
         self.coverage = Histogram(
             "trtserve_calibration_out_of_range_ratio",
             "Per sampled frame: fraction of values outside the calibrated INT8 range (tensor: input, a "
@@ -104,6 +159,7 @@ class ModelMetrics:
         self.metrics = metrics
         self.model = model
         self.precision = precision
+        metrics.models.setdefault(model, None)
         self.stage = {s: metrics.stage_seconds.labels(model, precision, s) for s in STAGES}
         self.ok = metrics.frames.labels(model, precision, "ok", "OK")
         self.dropped = metrics.frames.labels(model, precision, "dropped", "")
@@ -120,6 +176,8 @@ class ModelMetrics:
         stage["total"].observe(total_s)
 
     def frame_error(self, code: str) -> None:
+        if code == "CANCELLED" and call_deadline_passed():  # the call's deadline cancelled the frame
+            code = "DEADLINE_EXCEEDED"
         self.metrics.frames.labels(self.model, self.precision, "error", code).inc()
 
     def track(self, queue_depth: Callable[[], float], inflight_batches: Callable[[], float],

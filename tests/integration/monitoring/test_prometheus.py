@@ -89,7 +89,21 @@ def dashboard_expressions() -> list[str]:
 
 
 def grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "10s").replace("$model", ".*").replace("$job", ".*")
+    for variable in ("$model", "$job", "$namespace", "$pod"):
+        expr = expr.replace(variable, ".*")
+    return expr.replace("$__rate_interval", "10s")
+
+
+def dashboard_variable_queries() -> list[str]:
+    dashboard = json.loads((ROOT / "monitoring" / "grafana" / "trtserve.json").read_text())
+    return [v["query"].removeprefix("label_values(").rsplit(",", 1)[0] for v in dashboard["templating"]["list"]
+            if v["type"] == "query"]
+
+
+def alert_rule_count() -> int:
+    import yaml
+
+    return sum(len(g["rules"]) for g in yaml.safe_load((ROOT / "monitoring" / "alerts.yml").read_text())["groups"])
 
 
 def test_prometheus_scrapes_rates_latency_quantiles_and_drift(prometheus_for: Any) -> None:
@@ -129,7 +143,7 @@ def test_prometheus_scrapes_rates_latency_quantiles_and_drift(prometheus_for: An
                 await asyncio.gather(*cameras)
         finally:
             await server.stop()
-        assert results["rules"] == 7
+        assert results["rules"] == alert_rule_count()
 
     def check(prom: Prometheus, client_fps: float) -> dict[str, Any]:
         fps = prom.scalar('sum(rate(trtserve_frames_total{model="shapes",outcome="ok"}[6s]))')
@@ -146,9 +160,20 @@ def test_prometheus_scrapes_rates_latency_quantiles_and_drift(prometheus_for: An
         assert prom.scalar('max(trtserve_queue_capacity)') == 64
         for expr in dashboard_expressions():  # every panel's query is valid PromQL on live data
             prom.query(grafana_to_promql(expr))
-        for expr in ('sum by (model, outcome) (rate(trtserve_frames_total{model=~".*"}[10s]))',
-                     'min by (model, precision) (trtserve_drift_window_agreement_f1{model=~".*"})'):
-            assert expr in map(grafana_to_promql, dashboard_expressions()) and prom.query(expr)
+        for expr in dashboard_variable_queries():  # and every variable finds its values
+            assert prom.query(grafana_to_promql(expr)), expr
+        target = 'job=~".*",namespace=~".*",pod=~".*",model=~".*"'
+        for expr in (f'sum by (model, outcome) (rate(trtserve_frames_total{{{target}}}[10s]))',
+                     f'min by (model, precision) (trtserve_drift_window_agreement_f1{{{target}}})',
+                     f'sum by (model, precision) (trtserve_model_ready{{{target}}})',
+                     'sum(up{job=~".*",namespace=~".*",pod=~".*"})'):
+            assert expr in map(grafana_to_promql, dashboard_expressions()) and prom.query(expr), expr
+        assert prom.scalar('sum(up{job=~".*",namespace=~".*",pod=~".*"})') == 1
+        info = prom.query('max by (namespace, pod, model, precision, version, backend, runtime_version, device) '
+                          f'(trtserve_build_info{{{target}}})')
+        assert info and info[0]["metric"]["model"] == "shapes"  # the "What is running" table
+        assert not prom.query('{__name__=~"trtserve_.*_created"}')  # no _created series
+        assert prom.query('grpc_server_handled_total{grpc_service="trtserve.v1.DetectionService"}')
         rules = _get(f"{prom.base}/api/v1/rules")["data"]["groups"]
         assert all(r["health"] == "ok" for g in rules for r in g["rules"])
         return {"rules": sum(len(g["rules"]) for g in rules)}
