@@ -136,7 +136,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--model", action="append", help="model to load (repeatable; the first is the default)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--workers", type=int, help="decode/inference worker threads")
+    p.add_argument("--workers", type=int, help="threads that decode and letterbox frames (each engine has its own)")
     p.add_argument("--intra-op-threads", type=int,
                    help="ONNX Runtime threads per batch (default: cores / instances)")
     p.add_argument("--max-batch-size", type=int)

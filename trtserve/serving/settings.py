@@ -38,7 +38,7 @@ def serving_backend_options(instances: int, intra_op_threads: int = 0) -> Backen
 class BatcherConfig:
     max_batch_size: int = 8
     max_queue_delay_ms: float = 2.0
-    max_queue_size: int = 64
+    max_queue_size: int = 64  # frames of a model admitted at once: decoding, queued or in a batch (then refused)
     preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = 2  # batches in the backend at once: one computes while the next is assembled
 
@@ -50,7 +50,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 8001  # 0: any free port
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
-    workers: int = 2
+    workers: int = 2  # threads that decode and letterbox frames, for every model (each engine has its own)
     intra_op_threads: int = 0  # ONNX Runtime threads per batch; 0: the host's cores / batcher.instances
     grace_period_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
