@@ -1,70 +1,97 @@
-"""Frame intake: decode encoded images and check raw arrays before they reach a model."""
+"""Frame intake: decode encoded images and check raw arrays before they reach a model.
+
+An encoded frame is admitted before any pixel is decoded (:func:`admit_encoded`): its header is read and checked
+against its own bytes by :func:`trtserve.vision.image_headers.read_header` (JPEG and PNG only; malformed
+structure, impossible sizes and files whose header claims more than their data can hold are refused), then against
+the model's ``max_frame_pixels`` and a decode-memory budget of :data:`DECODE_BYTES_PER_PIXEL` bytes per allowed
+pixel. Every refusal and every decoder failure is an :class:`InvalidFrameError` (INVALID_ARGUMENT) whose message
+says what was wrong with the frame, never what OpenCV said.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.errors import InvalidFrameError
+from trtserve.vision.image_headers import ImageHeader, jpeg_frame_header, read_header
+
+log = logging.getLogger(__name__)
 
 MAX_ENCODED_BYTES = 64 * 1024 * 1024
+#: The decoder may hold at most this many bytes per pixel of ``max_frame_pixels`` (BGR output plus libjpeg's
+#: coefficient buffer or a 16-bit PNG's intermediate): a 4:4:4 progressive colour JPEG (3 + 6, and its blocks'
+#: padding to whole MCUs) or a 16-bit PNG (6 + 3) at the pixel limit fits, a progressive CMYK JPEG (3 + 8) near
+#: the limit does not.
+DECODE_BYTES_PER_PIXEL = 10
 # libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT: the largest that still leaves enough pixels is used
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame (not DHT, JPG, DAC)
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, colour components) from a JPEG's frame header, without decoding; None if not found."""
-    if data[:2] != b"\xff\xd8":
+    try:
+        return jpeg_frame_header(data)
+    except InvalidFrameError:
         return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in _SOF_MARKERS:
-            if i + 10 > n or length < 8:
-                return None
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return width, height, data[i + 9]
-        i += 2 + length
-    return None
+
+
+def admit_encoded(data: bytes, max_pixels: int) -> ImageHeader:
+    """The checked header of an encoded frame the decoder may be given; raises InvalidFrameError otherwise.
+
+    Refuses: empty data, more than MAX_ENCODED_BYTES, anything :func:`read_header` refuses, more pixels than
+    ``max_pixels``, and a decode that would hold more than ``DECODE_BYTES_PER_PIXEL * max_pixels`` bytes.
+    """
+    if not data:
+        raise InvalidFrameError("image is empty (0 bytes)")
+    if len(data) > MAX_ENCODED_BYTES:
+        raise InvalidFrameError(f"encoded image of {len(data)} bytes exceeds {MAX_ENCODED_BYTES} bytes")
+    header = read_header(data, lambda width, height: _check_pixels(width, height, max_pixels))
+    budget = DECODE_BYTES_PER_PIXEL * max_pixels
+    if header.decode_bytes > budget:
+        kind = f"{header.components}-component{' progressive' if header.progressive else ''}"
+        raise InvalidFrameError(f"decoding this {header.width}x{header.height} {kind} {header.format} would take "
+                                f"{header.decode_bytes} bytes, more than the {budget} allowed "
+                                f"({DECODE_BYTES_PER_PIXEL} per pixel of max_frame_pixels); send a smaller or "
+                                "baseline 8-bit frame")
+    return header
 
 
 def decode_for_input(data: bytes, max_pixels: int, needed_wh: Callable[[int, int], tuple[int, int]]
                      ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     """Decode a frame no larger than it needs to be; returns it with the frame's original (height, width).
 
-    For a colour JPEG whose header says it is at least twice the size ``needed_wh(width, height)`` asks for,
-    libjpeg downscales while decoding (a 1080p frame for a 640 input: 1/2) — less work than decoding every
-    pixel and resizing after. Anything else is decoded whole by :func:`decode_image`. The pixel limit
-    applies to the original size, before any pixel is decoded.
+    For a JPEG whose header says it is at least twice the size ``needed_wh(width, height)`` asks for, libjpeg
+    downscales while decoding (a 1080p frame for a 640 input: 1/2) — less work than decoding every pixel and
+    resizing after. Anything else is decoded whole, as :func:`decode_image` does. Every check of
+    :func:`admit_encoded` applies to the original size, before any pixel is decoded.
     """
-    header = jpeg_header(data) if len(data) <= MAX_ENCODED_BYTES else None
-    if header is not None and header[2] == 3:
-        width, height, _ = header
-        _check_pixels(width, height, max_pixels)
+    header = admit_encoded(data, max_pixels)
+    width, height = header.width, header.height
+    if header.format == "JPEG":
         need_w, need_h = needed_wh(width, height)
         for factor, flag in _REDUCED:
             w, h = -(-width // factor), -(-height // factor)  # libjpeg rounds scaled sizes up
             if w >= need_w and h >= need_h:
-                image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-                if image is not None and image.shape[:2] == (h, w):
-                    return np.asarray(image, np.uint8), (height, width)
-                break  # unexpected: decode it whole, which also reports a corrupt file properly
-    image = decode_image(data, max_pixels)
-    return image, (int(image.shape[0]), int(image.shape[1]))
+                image = _imdecode(header, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+                if image.shape[:2] == (h, w):
+                    return check_frame(image, max_pixels), (height, width)
+                break  # unexpected: decode it whole, which also checks the size properly
+    return _decode_whole(header, max_pixels), (height, width)
+
+
+def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    """Decode JPEG or PNG bytes into an H x W x 3 BGR uint8 array; raise InvalidFrameError on bad input.
+
+    Grayscale becomes BGR, alpha is dropped, 16-bit samples are scaled to 8 bits; EXIF orientation is ignored.
+    See :func:`admit_encoded` for what is refused before decoding.
+    """
+    return _decode_whole(admit_encoded(data, max_pixels), max_pixels)
 
 
 def check_frame(frame: NDArray[np.generic], max_pixels: int) -> NDArray[np.uint8]:
@@ -91,19 +118,28 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
                                 f"{max_pixels}; downscale it or raise max_frame_pixels in model.yaml")
 
 
-def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
-    """Decode JPEG/PNG (anything OpenCV reads) bytes into an H x W x 3 BGR array; raise on bad input."""
-    if not data:
-        raise InvalidFrameError("image is empty (0 bytes)")
-    if len(data) > MAX_ENCODED_BYTES:
-        raise InvalidFrameError(f"encoded image of {len(data)} bytes exceeds {MAX_ENCODED_BYTES} bytes")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InvalidFrameError(f"could not decode image ({len(data)} bytes, starts {data[:8].hex()}): "
-                                "corrupt, truncated, or not an image format OpenCV reads (JPEG, PNG, ...)")
+def _decode_whole(header: ImageHeader, max_pixels: int) -> NDArray[np.uint8]:
+    depth = cv2.IMREAD_ANYDEPTH if header.bits_per_sample == 16 else 0
+    image = _imdecode(header, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION | depth)
+    if image.shape[:2] != (header.height, header.width):
+        raise InvalidFrameError(f"cannot decode the image: the {header.format} decoder produced "
+                                f"{image.shape[1]}x{image.shape[0]} pixels where the header says "
+                                f"{header.width}x{header.height}")
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)  # 16-bit PNG
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return check_frame(image, max_pixels)
+
+
+def _imdecode(header: ImageHeader, flags: int) -> NDArray[Any]:
+    """cv2.imdecode of an admitted frame; an OpenCV failure (None or cv2.error) becomes InvalidFrameError."""
+    data = header.decoder_input
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:  # its message names OpenCV's source files: log it, never send it
+        log.debug("OpenCV failed on a %d-byte %s: %s", len(data), header.format, exc)
+        raise InvalidFrameError(f"cannot decode the image: the {header.format} decoder rejected its data "
+                                f"({len(data)} bytes, {header.width}x{header.height})") from None
+    if image is None or image.size == 0:
+        raise InvalidFrameError(f"cannot decode the image: the {header.format} data is corrupt or truncated "
+                                f"({len(data)} bytes, {header.width}x{header.height})")
+    return image  # type: ignore[no-any-return]

@@ -51,7 +51,7 @@ def test_detect_bad_image_fails_that_image_only(tmp_path: Path, capsys: pytest.C
     items = json.loads(out)
     assert code == 2
     assert "detections" in items[0]
-    assert "could not decode" in items[1]["error"] and "cannot read file" in items[2]["error"]
+    assert "cannot decode the image" in items[1]["error"] and "cannot read file" in items[2]["error"]
 
 
 def test_unknown_model_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:

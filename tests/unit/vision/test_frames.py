@@ -27,7 +27,7 @@ def test_png_with_alpha_becomes_bgr() -> None:
 
 @pytest.mark.parametrize("data, message", [
     (b"", "empty"),
-    (b"not an image at all", "could not decode"),
+    (b"not an image at all", "cannot decode the image: not a JPEG or PNG"),
 ])
 def test_undecodable_bytes(data: bytes, message: str) -> None:
     with pytest.raises(InvalidFrameError, match=message):
@@ -36,14 +36,14 @@ def test_undecodable_bytes(data: bytes, message: str) -> None:
 
 def test_truncated_jpeg_is_rejected_or_decoded_partially_never_crashes() -> None:
     data = encoded(".jpg", np.full((64, 64, 3), 100, np.uint8))
-    with pytest.raises(InvalidFrameError, match="could not decode"):
+    with pytest.raises(InvalidFrameError, match="cannot decode the image"):
         decode_image(data[:20], LIMIT)
 
 
 def test_grayscale_where_colour_is_expected() -> None:
-    with pytest.raises(InvalidFrameError, match="grayscale"):
-        decode_image(encoded(".png", np.zeros((8, 8), np.uint8)), LIMIT)
-    with pytest.raises(InvalidFrameError, match="grayscale"):
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    np.testing.assert_array_equal(decode_image(encoded(".png", gray), LIMIT), np.dstack([gray] * 3))  # encoded: BGR
+    with pytest.raises(InvalidFrameError, match="grayscale"):  # a raw array is the caller's to convert
         check_frame(np.zeros((8, 8), np.uint8), LIMIT)
 
 
@@ -84,7 +84,7 @@ def test_downscaled_decoding_keeps_every_refusal() -> None:
     frame = np.random.default_rng(2).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     with pytest.raises(InvalidFrameError, match=r"frame of 1920x1080 = 2073600 pixels exceeds the limit"):
         decode_for_input(_jpeg(frame), 1_000_000, lambda w, h: (64, 36))  # checked on the header, not decoded
-    with pytest.raises(InvalidFrameError, match="grayscale"):
-        decode_for_input(_jpeg(frame[..., 0]), 1 << 30, lambda w, h: (64, 36))
-    with pytest.raises(InvalidFrameError, match="could not decode"):
+    image, original_hw = decode_for_input(_jpeg(frame[..., 0]), 1 << 30, lambda w, h: (64, 36))  # gray -> BGR
+    assert original_hw == (1080, 1920) and image.shape == (135, 240, 3)
+    with pytest.raises(InvalidFrameError, match="cannot decode the image"):
         decode_for_input(b"\xff\xd8" + b"\x00" * 64, 1 << 30, lambda w, h: (64, 36))
