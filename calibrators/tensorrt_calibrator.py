@@ -10,6 +10,11 @@ Two modes:
 
 TensorRT is imported only inside :func:`make_entropy_calibrator`; pass ``trt`` to use another module
 implementing the same API (the tests use a contract double).
+
+TensorRT swallows an exception raised in any of these callbacks (the bindings print ``[ERROR] Exception caught
+in get_batch()`` and the builder takes it as the end of the data), so a failing feed would quietly calibrate on
+fewer batches. The calibrator therefore keeps the first exception (:attr:`error`) and stops serving batches;
+whoever drives the build calls :meth:`raise_if_failed` afterwards (``trtserve build`` does).
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ def _check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+class CalibrationFeedError(RuntimeError):
+    """A calibrator callback failed while TensorRT was building; TensorRT itself would have carried on."""
+
+
 def make_entropy_calibrator(cache_path: Path, batch_size: int,
                             feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
                             trt: ModuleType | None = None) -> Any:
     """Build a ``trt.IInt8EntropyCalibrator2`` instance (an ``IInt8MinMaxCalibrator`` to serve a MinMax cache).
 
-    With ``feeds`` None, ``cache_path`` must hold a valid cache (checked now, not at build time).
+    With ``feeds`` None, ``cache_path`` must hold a valid cache (checked now, not at build time). After the
+    build, ``raise_if_failed()`` raises :class:`CalibrationFeedError` (from the original exception) if a feed or
+    cache callback failed; ``free()`` releases the device buffers.
     """
     if trt is None:
         import tensorrt as trt  # type: ignore[import-not-found,no-redef]
@@ -75,11 +86,40 @@ def make_entropy_calibrator(cache_path: Path, batch_size: int,
             base.__init__(self)
             self._batches: Iterator[Mapping[str, np.ndarray]] | None = iter(feeds) if feeds is not None else None
             self._device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+            self.error: BaseException | None = None  # the first callback failure, re-raised by raise_if_failed
+            self._failed_in = ""
+            self.batches_served = 0
+
+        def _failed(self, where: str, exc: BaseException) -> None:
+            if self.error is None:
+                self.error, self._failed_in = exc, where
+            logger.error("calibrator %s failed (TensorRT would take it as the end of the data): %s", where, exc)
+
+        def raise_if_failed(self) -> None:
+            """Raise CalibrationFeedError if a callback failed during the build (TensorRT swallowed it)."""
+            if self.error is not None:
+                raise CalibrationFeedError(
+                    f"the calibrator's {self._failed_in} failed after {self.batches_served} batches: "
+                    f"{type(self.error).__name__}: {self.error}. TensorRT does not stop on this (it treats it as the "
+                    "end of the calibration data), so the result was discarded: fix the feed and build again"
+                ) from self.error
 
         def get_batch_size(self) -> int:
             return batch_size
 
         def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.error is not None:
+                return None
+            try:
+                pointers = self._next_batch(names)
+            except Exception as exc:
+                self._failed("get_batch", exc)
+                return None
+            if pointers is not None:
+                self.batches_served += 1
+            return pointers
+
+        def _next_batch(self, names: list[str]) -> list[int] | None:
             if self._batches is None:
                 return None
             batch = next(self._batches, None)
@@ -106,13 +146,19 @@ def make_entropy_calibrator(cache_path: Path, batch_size: int,
             return pointers
 
         def read_calibration_cache(self) -> bytes | None:
-            if cache_path.is_file():
-                logger.info("serving calibration cache %s", cache_path)
-                return cache_path.read_bytes()
+            try:
+                if cache_path.is_file():
+                    logger.info("serving calibration cache %s", cache_path)
+                    return cache_path.read_bytes()
+            except OSError as exc:
+                self._failed("read_calibration_cache", exc)
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            atomic_write_bytes(cache_path, bytes(cache))
+            try:
+                atomic_write_bytes(cache_path, bytes(cache))
+            except Exception as exc:
+                self._failed("write_calibration_cache", exc)
 
         def free(self) -> None:
             """Release device buffers (call after the engine is built)."""

@@ -23,6 +23,14 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
     cudaErrorInvalidDevicePointer = 17
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
+
+
+_ERROR_STRINGS = {  # cudaGetErrorString's sentences
+    cudaError_t.cudaErrorInsufficientDriver: b"CUDA driver version is insufficient for CUDA runtime version",
+    cudaError_t.cudaErrorNoDevice: b"no CUDA-capable device is detected",
+}
 
 
 class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
@@ -50,8 +58,14 @@ class Props:
 class CudaDouble:
     """State of one fake device; :func:`make_cudart` wraps it as a module."""
 
-    def __init__(self, gpu_name: str = "NVIDIA Double GPU", compute_capability: tuple[int, int] = (8, 9)) -> None:
+    def __init__(self, gpu_name: str = "NVIDIA Double GPU", compute_capability: tuple[int, int] = (8, 9),
+                 driver: str = "ok") -> None:
+        """``driver`` is ``ok``; ``raises`` for a driverless host under cuda-python <= 12.6.x / 11.8 (every call
+        but the runtime version raises ``RuntimeError('Failed to dlopen libcuda.so.1')``); ``insufficient`` for
+        cuda-python 12.9 / 13.x there (calls return ``(cudaErrorInsufficientDriver, None)``). Both behaviours were
+        observed on the real wheels by tests/conformance/test_real_bindings.py."""
         self.props = Props(gpu_name.encode(), *compute_capability)
+        self.driver = driver
         self.device: dict[int, np.ndarray] = {}
         self.pinned: dict[int, np.ndarray] = {}
         self.streams: set[int] = set()
@@ -132,8 +146,25 @@ class CudaDouble:
         def cudaRuntimeGetVersion() -> tuple[cudaError_t, int]:  # noqa: N802
             return cudaError_t.cudaSuccess, 12060
 
+        def cudaGetErrorString(error: cudaError_t) -> tuple[cudaError_t, bytes]:  # noqa: N802
+            return cudaError_t.cudaSuccess, _ERROR_STRINGS.get(error, error.name.encode())
+
         for fn in (cudaMalloc, cudaMallocHost, cudaFree, cudaFreeHost, cudaMemcpy, cudaMemcpyAsync, cudaStreamCreate,
                    cudaStreamDestroy, cudaStreamSynchronize, cudaGetDevice, cudaGetDeviceProperties,
-                   cudaRuntimeGetVersion):
-            setattr(m, fn.__name__, fn)
+                   cudaRuntimeGetVersion, cudaGetErrorString):
+            setattr(m, fn.__name__, self._without_driver(fn) if fn.__name__ not in _NO_DRIVER_NEEDED else fn)
         return m
+
+    def _without_driver(self, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            if self.driver == "raises":
+                raise RuntimeError("Failed to dlopen libcuda.so.1")
+            if self.driver == "insufficient":
+                return cudaError_t.cudaErrorInsufficientDriver, None
+            return fn(*args)
+
+        call.__name__ = fn.__name__
+        return call
+
+
+_NO_DRIVER_NEEDED = {"cudaRuntimeGetVersion", "cudaGetErrorString"}

@@ -21,20 +21,29 @@ class FakeHost:
 
     @property
     def calls(self) -> list[str]:
-        return self.trt.calls  # type: ignore[no-any-return,attr-defined]
+        return self.trt._calls  # type: ignore[no-any-return,attr-defined]
 
 
 def install(monkeypatch: pytest.MonkeyPatch, version: str = "10.3.0", cuda_path: str = "cuda.bindings.runtime",
             gpu_name: str = "NVIDIA Double GPU", compute_capability: tuple[int, int] = (8, 9),
-            num_dla_cores: int = 0) -> FakeHost:
+            num_dla_cores: int = 0, factories_fail: bool = False, cuda_driver: str = "ok") -> FakeHost:
     """Make ``import tensorrt`` give TensorRT ``version``'s double and cuda-python's ``cuda_path`` the CUDA double.
 
-    The other cuda-python path is made unimportable, so both lookup orders are exercised.
+    The other cuda-python path is made unimportable, so both lookup orders are exercised. ``factories_fail``
+    makes TensorRT's Builder and Runtime fail as on a host whose CUDA cannot start; ``cuda_driver`` is the
+    CUDA double's driver (see :class:`CudaDouble`).
     """
-    cuda = CudaDouble(gpu_name, compute_capability)
-    trt = make_tensorrt(version, cuda, num_dla_cores)
-    runtime = cuda.module(cuda_path)
+    cuda = install_cuda(monkeypatch, cuda_path, CudaDouble(gpu_name, compute_capability, cuda_driver))
+    trt = make_tensorrt(version, cuda, num_dla_cores, factories_fail)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return FakeHost(trt, cuda)
+
+
+def install_cuda(monkeypatch: pytest.MonkeyPatch, cuda_path: str = "cuda.bindings.runtime",
+                 cuda: CudaDouble | None = None) -> CudaDouble:
+    """Make cuda-python's ``cuda_path`` the CUDA double (and the other path unimportable); returns the device."""
+    cuda = cuda if cuda is not None else CudaDouble()
+    runtime = cuda.module(cuda_path)
     package = ModuleType("cuda")
     package.__path__ = []  # a namespace package, as cuda-python's
     monkeypatch.setitem(sys.modules, "cuda", package)
@@ -48,4 +57,4 @@ def install(monkeypatch: pytest.MonkeyPatch, version: str = "10.3.0", cuda_path:
     else:
         package.cudart = runtime  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    return FakeHost(trt, cuda)
+    return cuda

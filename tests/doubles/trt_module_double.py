@@ -1,17 +1,23 @@
 """Whole ``tensorrt`` module doubles, one per TensorRT version (see :mod:`tests.doubles.tensorrt_double`).
 
-Each version gets only its documented API subset:
+Each version gets only its API subset, checked against NVIDIA's real bindings of the release by
+``tests/conformance`` (every public name, member kind, method arity and enum value the double offers must be
+real; the classes trtserve receives are exported under their real names for that):
 
 * 8.5 / 8.6: ``EXPLICIT_BATCH`` (required by the ONNX parser), ``BuilderFlag.FP16/INT8``, ``int8_calibrator``,
   ``set_calibration_profile``; engines by binding index (``num_bindings``, ``get_binding_shape``,
-  ``set_binding_shape``, ``execute_async_v2``). 8.5's parser errors have no ``node_name()``.
-* 10.x: ``EXPLICIT_BATCH`` deprecated (accepted, ignored), ``STRONGLY_TYPED``; calibrators still work;
-  named tensors only (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
-* 11.x: always strongly typed; no ``EXPLICIT_BATCH``, no ``BuilderFlag.FP16/INT8``, no ``int8_calibrator`` /
-  calibration profile / calibrator classes, no ``platform_has_fast_fp16``.
+  ``set_binding_shape``, ``execute_async_v2``) *and* by name (``num_io_tensors``, ``set_input_shape``,
+  ``set_tensor_address``, ``execute_async_v3``, both in real 8.6). Parser errors have no ``node_name()``
+  (new in 10.0); no INT64 data type.
+* 10.x: ``EXPLICIT_BATCH`` deprecated (accepted, ignored), ``STRONGLY_TYPED`` (1); calibrators still work;
+  named tensors only.
+* 11.x: always strongly typed; ``STRONGLY_TYPED`` is 0; no ``EXPLICIT_BATCH``, no ``BuilderFlag.FP16/INT8``, no
+  ``int8_calibrator`` / calibration profile / calibrator classes, no ``platform_has_fast_fp16``.
 
 Build and runtime errors follow TensorRT's behaviour: logged through the ILogger, then ``None`` from
-``build_serialized_network`` / ``deserialize_cuda_engine``; ``False`` from a refused shape or enqueue.
+``build_serialized_network`` / ``deserialize_cuda_engine``; ``False`` from a refused shape, profile or enqueue; a
+TypeError from ``Builder`` / ``Runtime`` when CUDA cannot start (``factories_fail``); an exception raised in a
+calibrator's ``get_batch`` taken as the end of the data.
 """
 
 from __future__ import annotations
@@ -51,15 +57,28 @@ SUPPORTED_OPS = {
 _NP = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 2: "UINT8"}
 
 
-def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_dla_cores: int = 0) -> ModuleType:
-    """A ``tensorrt`` module double for ``version``; ``cuda`` is the device whose buffers engines use."""
-    major, minor = (int(p) for p in version.split(".")[:2])
+NULL_FACTORY = "pybind11::init(): factory function returned nullptr"
+# What TensorRT logs when it cannot start CUDA (no driver, or one too old), before its factory returns NULL.
+CUDA_INIT_FAILURE = ("CUDA initialization failure with error: 35. Please check your CUDA installation: "
+                     "http://docs.nvidia.com/cuda/cuda-installation-guide-linux/index.html")
+
+
+def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_dla_cores: int = 0,
+                  factories_fail: bool = False) -> ModuleType:
+    """A ``tensorrt`` module double for ``version``; ``cuda`` is the device whose buffers engines use.
+
+    With ``factories_fail`` the host's TensorRT cannot start CUDA: ``Builder(logger)`` and ``Runtime(logger)``
+    log the CUDA failure and raise pybind11's TypeError, as the real bindings do when the C factory returns NULL.
+    Enum values are the real ones of the version (checked by tests/conformance against NVIDIA's bindings).
+    """
+    major = int(version.split(".")[0])
     nv_version = tensorrt_version_int(version)
     v8, v11 = major < 10, major >= 11
     m = ModuleType("tensorrt")
     m.__version__ = f"{version}.double"  # type: ignore[attr-defined]
+    m.__double_only__ = ()  # type: ignore[attr-defined]  # every public name below is real API
     calls: list[str] = []
-    m.calls = calls  # type: ignore[attr-defined]
+    m._calls = calls  # type: ignore[attr-defined]  # what the double was asked to do, for the tests
     device = cuda if cuda is not None else CudaDouble()
 
     class ILogger:
@@ -86,17 +105,21 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
             raise TypeError("ILogger subclass did not call ILogger.__init__")
         logger.log(severity, msg)
 
+    # 11.x renumbered the flags when EXPLICIT_BATCH went: STRONGLY_TYPED is 0 there, 1 in 10.x
     net_flags = {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1} if v8 else \
-        {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if not v11 else {"STRONGLY_TYPED": 1}
+        {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if not v11 else {"STRONGLY_TYPED": 0}
     NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", net_flags)  # type: ignore[misc]  # noqa: N806
-    builder_flags = {"GPU_FALLBACK": 3, "REFIT": 4, "TF32": 7} | ({} if v11 else {"FP16": 0, "INT8": 1})
+    # 10.0 dropped STRICT_TYPES (4) and moved REFIT / TF32 down by one: 8.x REFIT 5, TF32 7; 10/11 REFIT 4, TF32 6
+    builder_flags = {"GPU_FALLBACK": 3} | ({"REFIT": 5, "TF32": 7} if v8 else {"REFIT": 4, "TF32": 6}) | \
+        ({} if v11 else {"FP16": 0, "INT8": 1})
     BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)  # type: ignore[misc]  # noqa: N806
     MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1})  # type: ignore[misc]  # noqa: N806
     DeviceType = enum.IntEnum("DeviceType", {"GPU": 0, "DLA": 1})  # type: ignore[misc]  # noqa: N806
-    DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5,  # type: ignore[misc]  # noqa: N806
-                                         "INT64": 6})
+    # INT64 tensors came with 10.0 (value 8, after FP8 6 and BF16 7); 8.x has none
+    DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5}  # type: ignore[misc]  # noqa: N806
+                            | ({} if v8 else {"INT64": 8}))
     TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})  # type: ignore[misc]  # noqa: N806
-    ErrorCode = enum.IntEnum("ErrorCode", {"SUCCESS": 0, "INTERNAL_ERROR": 1, "INVALID_GRAPH": 4,  # type: ignore[misc]  # noqa: N806
+    ErrorCode = enum.IntEnum("ErrorCode", {"SUCCESS": 0, "INTERNAL_ERROR": 1, "INVALID_GRAPH": 5,  # type: ignore[misc]  # noqa: N806
                                            "UNSUPPORTED_NODE": 8})
 
     class ITensor:
@@ -106,15 +129,15 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
             self.name, self.shape, self.dtype = name, shape, dtype
 
     class INetworkDefinition:
-        __slots__ = ("_inputs", "_outputs", "flags", "has_qdq", "onnx_bytes", "strongly_typed")
+        __slots__ = ("_flags", "_has_qdq", "_inputs", "_onnx_bytes", "_outputs", "_strongly_typed")
 
         def __init__(self, flags: int) -> None:
-            self.flags = flags
-            self.strongly_typed = v11 or bool(flags & (1 << net_flags.get("STRONGLY_TYPED", 99)))
+            self._flags = flags
+            self._strongly_typed = v11 or bool(flags & (1 << net_flags.get("STRONGLY_TYPED", 99)))
             self._inputs: list[ITensor] = []
             self._outputs: list[ITensor] = []
-            self.onnx_bytes = b""
-            self.has_qdq = False
+            self._onnx_bytes = b""
+            self._has_qdq = False
 
         @property
         def num_inputs(self) -> int:
@@ -151,7 +174,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         def node_operator(self) -> str:
             return self._op
 
-    error_class = ParserError if (major, minor) < (8, 6) else ParserErrorNamed
+    error_class = ParserError if v8 else ParserErrorNamed  # node_name() / node_operator() are new in 10.0
 
     def value_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
         return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
@@ -172,7 +195,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         def parse_from_file(self, path: str) -> bool:
             calls.append(f"parse_from_file({path.rsplit('/', 1)[-1]})")
             net = self._network
-            if v8 and not net.flags & (1 << NetworkDefinitionCreationFlag.EXPLICIT_BATCH):
+            if v8 and not net._flags & (1 << NetworkDefinitionCreationFlag.EXPLICIT_BATCH):
                 self._errors.append(error_class(ErrorCode.INVALID_GRAPH, "The ONNX parser only supports networks "
                                                 "with an explicit batch dimension", -1))
                 return False
@@ -188,32 +211,39 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
                     log(self._logger, Severity.ERROR, e.desc())
                 return False
             inits = {i.name for i in model.graph.initializer}
+            io = [v for v in model.graph.input if v.name not in inits] + list(model.graph.output)
+            unsupported = [v.name for v in io if _NP.get(v.type.tensor_type.elem_type) not in DataType.__members__]
+            if unsupported:  # e.g. INT64 inputs on 8.x, which has no INT64 tensors
+                self._errors.append(error_class(ErrorCode.UNSUPPORTED_NODE, f"unsupported data type of "
+                                                f"{unsupported[0]}", -1))
+                log(self._logger, Severity.ERROR, self._errors[-1].desc())
+                return False
             net._inputs = [ITensor(v.name, value_shape(v), DataType[_NP[v.type.tensor_type.elem_type]])
                            for v in model.graph.input if v.name not in inits]
             net._outputs = [ITensor(v.name, value_shape(v), DataType[_NP[v.type.tensor_type.elem_type]])
                             for v in model.graph.output]
-            net.onnx_bytes = data
-            net.has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+            net._onnx_bytes = data
+            net._has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
             return True
 
     class IOptimizationProfile:
-        __slots__ = ("shapes",)
+        __slots__ = ("_shapes",)
 
         def __init__(self) -> None:
-            self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+            self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
         def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
             calls.append(f"profile.set_shape({name}, {list(min)}, {list(opt)}, {list(max)})")
-            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+            self._shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
         def get_shape(self, name: str) -> list[tuple[int, ...]]:
-            return list(self.shapes[name])
+            return list(self._shapes[name])
 
     class ITimingCache:
-        __slots__ = ("data",)
+        __slots__ = ("_data",)
 
         def __init__(self, data: bytes) -> None:
-            self.data = data
+            self._data = data
 
         def serialize(self) -> bytes:
             return b"TIMING-CACHE:" + str(nv_version).encode()
@@ -286,7 +316,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
     def check_and_calibrate(logger: Any, net: INetworkDefinition, cfg: Any) -> bool:
         flags = cfg._flags
         precision_flags = {f.name for f in flags} & {"FP16", "INT8"}
-        if net.strongly_typed and precision_flags:
+        if net._strongly_typed and precision_flags:
             fail(logger, f"IBuilderConfig::setFlag: {sorted(precision_flags)} are not allowed on a strongly typed "
                          "network")
             return False
@@ -297,10 +327,10 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
             return False
         for k, p in enumerate(cfg._profiles):
             for t in net._inputs:
-                if t.name not in p.shapes:
+                if t.name not in p._shapes:
                     fail(logger, f"optimization profile {k} has no shape for input {t.name}")
                     return False
-                lo, opt, hi = p.shapes[t.name]
+                lo, opt, hi = p._shapes[t.name]
                 ok = len(lo) == len(t.shape) and all(a <= b <= c for a, b, c in zip(lo, opt, hi)) and all(
                     d == -1 or (d == a == c) for d, a, c in zip(t.shape, lo, hi))
                 if not ok:
@@ -314,10 +344,10 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
                                           "workspace size will enable more tactics, please check verbose output")
             fail(logger, "Error Code 10: Internal Error (Could not find any implementation for node /conv1/Conv.)")
             return False
-        if not net.strongly_typed and net.has_qdq and "INT8" not in precision_flags:
+        if not net._strongly_typed and net._has_qdq and "INT8" not in precision_flags:
             fail(logger, "Network has Q/DQ layers but the INT8 builder flag is not set")
             return False
-        if not net.strongly_typed and not net.has_qdq and "INT8" in precision_flags:
+        if not net._strongly_typed and not net._has_qdq and "INT8" in precision_flags:
             calibrator = cfg.int8_calibrator
             if calibrator is None:
                 fail(logger, "Calibrator is not being used. Users must provide dynamic range for all tensors that "
@@ -333,7 +363,7 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
                 calibrator.get_algorithm().name, "?")
             # TensorRT ignores a cache of another version, or of another algorithm than the calibrator's
             if header.split("-")[1:3] != [str(nv_version), algorithm]:
-                if calibrator.get_batch([t.name for t in net._inputs]) is None:
+                if calib.get_batch_as_tensorrt_does(calibrator, [t.name for t in net._inputs]) is None:
                     fail(logger, f"Calibration failure occurred with no scaling factors detected (cache header "
                                  f"{header!r}, this is TensorRT {nv_version})")
                     return False
@@ -343,6 +373,9 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
         __slots__ = ("_logger", "num_DLA_cores") + (() if v11 else ("platform_has_fast_fp16",))
 
         def __init__(self, logger: Any) -> None:
+            if factories_fail:
+                log(logger, Severity.ERROR, CUDA_INIT_FAILURE)
+                raise TypeError(NULL_FACTORY)
             self._logger = logger
             self.num_DLA_cores = num_dla_cores
             if not v11:
@@ -366,102 +399,79 @@ def make_tensorrt(version: str = "10.3.0", cuda: CudaDouble | None = None, num_d
                 "nv_version": nv_version, "cc": f"{device.props.major}.{device.props.minor}",
                 "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
                 "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
-                "profiles": [{n: [list(s) for s in v] for n, v in p.shapes.items()} for p in config._profiles] or [{}],
-                "flags": sorted(f.name for f in config._flags), "strongly_typed": network.strongly_typed,
+                "profiles": [{n: [list(s) for s in v] for n, v in p._shapes.items()} for p in config._profiles] or [{}],
+                "flags": sorted(f.name for f in config._flags), "strongly_typed": network._strongly_typed,
             }
-            return MAGIC + json.dumps(header).encode() + b"\n" + network.onnx_bytes
+            return MAGIC + json.dumps(header).encode() + b"\n" + network._onnx_bytes
 
     m.ILogger, m.Logger, m.Builder, m.OnnxParser = ILogger, Logger, Builder, OnnxParser  # type: ignore[attr-defined]
     m.NetworkDefinitionCreationFlag, m.BuilderFlag = NetworkDefinitionCreationFlag, BuilderFlag  # type: ignore[attr-defined]
     m.MemoryPoolType, m.DeviceType, m.DataType = MemoryPoolType, DeviceType, DataType  # type: ignore[attr-defined]
     m.ErrorCode = ErrorCode  # type: ignore[attr-defined]
-    if not v8:
-        m.TensorIOMode = TensorIOMode  # type: ignore[attr-defined]
+    m.TensorIOMode = TensorIOMode  # type: ignore[attr-defined]  # 8.5+
     if not v11:
         m.IInt8Calibrator, m.IInt8EntropyCalibrator2 = calib.IInt8Calibrator, calib.IInt8EntropyCalibrator2  # type: ignore[attr-defined]
         m.IInt8MinMaxCalibrator = calib.IInt8MinMaxCalibrator  # type: ignore[attr-defined]
         m.CalibrationAlgoType = calib.CalibrationAlgoType  # type: ignore[attr-defined]
-    m.Runtime = _runtime_class(m, v8, nv_version, device, log, Severity, TensorIOMode, DataType)  # type: ignore[attr-defined]
+    runtime, engine, context = _runtime_class(m, v8, nv_version, device, log, Severity, TensorIOMode, DataType,
+                                              factories_fail)
+    # the classes trtserve gets objects of, under their real names (tests/conformance checks each against NVIDIA's)
+    m.Runtime, m.ICudaEngine, m.IExecutionContext = runtime, engine, context  # type: ignore[attr-defined]
+    m.INetworkDefinition, m.ITensor, m.ParserError = INetworkDefinition, ITensor, error_class  # type: ignore[attr-defined]
+    m.IOptimizationProfile, m.ITimingCache, m.IBuilderConfig = IOptimizationProfile, ITimingCache, IBuilderConfig  # type: ignore[attr-defined]
     return m
 
 
 def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble, log: Any, severity: Any,
-                   io_mode: Any, data_type: Any) -> type:
-    calls: list[str] = m.calls  # type: ignore[attr-defined]
+                   io_mode: Any, data_type: Any, factories_fail: bool) -> tuple[type, type, type]:
+    """(Runtime, ICudaEngine, IExecutionContext) of the version: 8.5 / 8.6 have the named-tensor API of 10.x
+    (``num_io_tensors``, ``set_input_shape``, ``execute_async_v3``) *and* the binding-index one; 10+ only the former."""
+    calls: list[str] = m._calls  # type: ignore[attr-defined]
 
-    class Engine:
+    class ICudaEngine:
         def __init__(self, header: dict[str, Any], onnx_bytes: bytes) -> None:
             import onnxruntime as ort
 
-            self.header = header
-            self.inputs = [(n, tuple(s), t) for n, s, t in header["inputs"]]
-            self.outputs = [(n, tuple(s), t) for n, s, t in header["outputs"]]
-            self.io = self.inputs + self.outputs
-            self.profiles = header["profiles"]
+            self._header = header
+            self._inputs = [(n, tuple(s), t) for n, s, t in header["inputs"]]
+            self._outputs = [(n, tuple(s), t) for n, s, t in header["outputs"]]
+            self._io = self._inputs + self._outputs
+            self._profiles = header["profiles"]
             so = ort.SessionOptions()
             so.log_severity_level = 3
-            self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
             self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
         @property
         def num_optimization_profiles(self) -> int:
-            return len(self.profiles)
+            return len(self._profiles)
 
-        def create_execution_context(self) -> Any:
-            return Context(self)
+        def create_execution_context(self, strategy: Any = None) -> Any:
+            return context_class(self)
 
-        def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            names = [o[0] for o in self.outputs]
-            return dict(zip(names, self.session.run(names, feeds)))
+        def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            names = [o[0] for o in self._outputs]
+            return dict(zip(names, self._session.run(names, feeds)))
 
-        def output_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        def _output_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
             key = repr(sorted(input_shapes.items()))
             if key not in self._shapes:  # shape inference, as TensorRT does once the input shapes are set
-                zeros = {n: np.zeros(input_shapes[n], _np(t)) for n, _, t in self.inputs}
-                self._shapes[key] = {k: v.shape for k, v in self.run(zeros).items()}
+                zeros = {n: np.zeros(input_shapes[n], _np(t)) for n, _, t in self._inputs}
+                self._shapes[key] = {k: v.shape for k, v in self._run(zeros).items()}
             return self._shapes[key]
 
-    class EngineV8(Engine):
-        @property
-        def num_bindings(self) -> int:
-            return len(self.io) * len(self.profiles)
-
-        def _io(self, index: int) -> tuple[str, tuple[int, ...], str, int]:
-            k, j = divmod(index, len(self.io))
-            name, shape, dtype = self.io[j]
-            return (name if k == 0 else f"{name} [profile {k}]"), shape, dtype, k
-
-        def get_binding_name(self, index: int) -> str:
-            return self._io(index)[0]
-
-        def binding_is_input(self, index: int) -> bool:
-            return index % len(self.io) < len(self.inputs)
-
-        def get_binding_shape(self, index: int) -> tuple[int, ...]:
-            return self._io(index)[1]
-
-        def get_binding_dtype(self, index: int) -> Any:
-            return data_type[self._io(index)[2]]
-
-        def get_profile_shape(self, profile_index: int, binding: int) -> list[tuple[int, ...]]:
-            name, _, _, k = self._io(binding)
-            if k != profile_index:
-                raise RuntimeError(f"binding {binding} does not belong to profile {profile_index}")
-            return [tuple(s) for s in self.profiles[profile_index][name.split(" [")[0]]]
-
-    class EngineV10(Engine):
         @property
         def num_io_tensors(self) -> int:
-            return len(self.io)
+            return len(self._io)
 
         def get_tensor_name(self, index: int) -> str:
-            return self.io[index][0]
+            return self._io[index][0]
 
         def _find(self, name: str) -> tuple[str, tuple[int, ...], str]:
-            return next(t for t in self.io if t[0] == name)
+            return next(t for t in self._io if t[0] == name)
 
         def get_tensor_mode(self, name: str) -> Any:
-            return io_mode.INPUT if any(t[0] == name for t in self.inputs) else io_mode.OUTPUT
+            return io_mode.INPUT if any(t[0] == name for t in self._inputs) else io_mode.OUTPUT
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
             return self._find(name)[1]
@@ -470,106 +480,143 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
             return data_type[self._find(name)[2]]
 
         def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
-            return [tuple(s) for s in self.profiles[profile_index][name]]
+            return [tuple(s) for s in self._profiles[profile_index][name]]
 
-    class Context:
-        def __init__(self, engine: Engine) -> None:
-            self.engine = engine
-            self.profile = 0
-            self.shapes: dict[str, tuple[int, ...]] = {}
-            self.addresses: dict[str, int] = {}
+    class ICudaEngineV8(ICudaEngine):
+        @property
+        def num_bindings(self) -> int:
+            return len(self._io) * len(self._profiles)
+
+        def _binding(self, index: int) -> tuple[str, tuple[int, ...], str, int]:
+            k, j = divmod(index, len(self._io))
+            name, shape, dtype = self._io[j]
+            return (name if k == 0 else f"{name} [profile {k}]"), shape, dtype, k
+
+        def get_binding_name(self, index: int) -> str:
+            return self._binding(index)[0]
+
+        def binding_is_input(self, index: int) -> bool:
+            return index % len(self._io) < len(self._inputs)
+
+        def get_binding_shape(self, index: int) -> tuple[int, ...]:
+            return self._binding(index)[1]
+
+        def get_binding_dtype(self, index: int) -> Any:
+            return data_type[self._binding(index)[2]]
+
+        def get_profile_shape(self, profile_index: int, binding: int) -> list[tuple[int, ...]]:
+            name, _, _, k = self._binding(binding)
+            if k != profile_index:
+                raise RuntimeError(f"binding {binding} does not belong to profile {profile_index}")
+            return [tuple(s) for s in self._profiles[profile_index][name.split(" [")[0]]]
+
+    class IExecutionContext:
+        def __init__(self, engine: ICudaEngine) -> None:
+            self._engine = engine
+            self._profile = 0
+            self._input_shapes: dict[str, tuple[int, ...]] = {}
+            self._addresses: dict[str, int] = {}
+
+        @property
+        def engine(self) -> ICudaEngine:
+            return self._engine
+
+        @property
+        def active_optimization_profile(self) -> int:
+            return self._profile
 
         def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
             calls.append(f"set_optimization_profile_async({profile_index})")
-            if int(stream_handle) not in device.streams or not 0 <= profile_index < len(self.engine.profiles):
+            if int(stream_handle) not in device.streams or not 0 <= profile_index < len(self._engine._profiles):
                 return False
-            self.profile = profile_index
-            self.shapes = {}
+            self._profile = profile_index
+            self._input_shapes = {}
             return True
 
         def _set_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-            lo, _, hi = self.engine.profiles[self.profile][name]
+            lo, _, hi = self._engine._profiles[self._profile][name]
             if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
                 return False
-            self.shapes[name] = tuple(shape)
+            self._input_shapes[name] = tuple(shape)
             return True
 
         def _output_shape(self, name: str) -> tuple[int, ...]:
-            if len(self.shapes) < len(self.engine.inputs):
-                return next(t[1] for t in self.engine.io if t[0] == name)
-            return self.engine.output_shapes(self.shapes)[name]
+            if len(self._input_shapes) < len(self._engine._inputs):
+                return next(t[1] for t in self._engine._io if t[0] == name)
+            return self._engine._output_shapes(self._input_shapes)[name]
 
         def _execute(self, addresses: dict[str, int]) -> bool:
-            e = self.engine
-            if len(self.shapes) < len(e.inputs) or any(n not in addresses for n, _, _ in e.io):
+            e = self._engine
+            if len(self._input_shapes) < len(e._inputs) or any(n not in addresses for n, _, _ in e._io):
                 return False
             feeds = {}
-            for name, _, dtype in e.inputs:
-                shape = self.shapes[name]
+            for name, _, dtype in e._inputs:
+                shape = self._input_shapes[name]
                 size = math.prod(shape) * np.dtype(_np(dtype)).itemsize
                 device.check_device(addresses[name], size)
                 raw = (ctypes.c_uint8 * size).from_address(addresses[name])
                 feeds[name] = np.frombuffer(raw, _np(dtype)).reshape(shape).copy()
-            for name, value in e.run(feeds).items():
+            for name, value in e._run(feeds).items():
                 data = np.ascontiguousarray(value)
                 device.check_device(addresses[name], data.nbytes)
                 ctypes.memmove(addresses[name], data.ctypes.data, data.nbytes)
             return True
 
-    class ContextV8(Context):
-        def _binding(self, index: int) -> str:
-            assert isinstance(self.engine, EngineV8)
-            name, _, _, k = self.engine._io(index)
-            if k != self.profile:
-                raise RuntimeError(f"binding {index} belongs to profile {k}, the context uses {self.profile}")
-            return name.split(" [")[0]
-
-        def set_binding_shape(self, binding: int, shape: Any) -> bool:
-            calls.append(f"set_binding_shape({binding}, {list(shape)})")
-            return self._set_shape(self._binding(binding), tuple(shape))
-
-        def get_binding_shape(self, binding: int) -> tuple[int, ...]:
-            name = self._binding(binding)
-            return self.shapes.get(name) or self._output_shape(name)
-
-        @property
-        def all_binding_shapes_specified(self) -> bool:
-            return len(self.shapes) == len(self.engine.inputs)
-
-        def execute_async_v2(self, bindings: list[int], stream_handle: int) -> bool:
-            calls.append("execute_async_v2")
-            e = self.engine
-            if len(bindings) != len(e.io) * len(e.profiles) or int(stream_handle) not in device.streams:
-                return False
-            base = self.profile * len(e.io)
-            return self._execute({n: int(bindings[base + j]) for j, (n, _, _) in enumerate(e.io)})
-
-    class ContextV10(Context):
         def set_input_shape(self, name: str, shape: Any) -> bool:
             calls.append(f"set_input_shape({name}, {list(shape)})")
             return self._set_shape(name, tuple(shape))
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-            return self.shapes.get(name) or self._output_shape(name)
+            return self._input_shapes.get(name) or self._output_shape(name)
 
         def set_tensor_address(self, name: str, memory: int) -> bool:
             calls.append(f"set_tensor_address({name})")
-            if not any(t[0] == name for t in self.engine.io):
+            if not any(t[0] == name for t in self._engine._io):
                 return False
-            self.addresses[name] = int(memory)
+            self._addresses[name] = int(memory)
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             calls.append("execute_async_v3")
             if int(stream_handle) not in device.streams:
                 return False
-            return self._execute(self.addresses)
+            return self._execute(self._addresses)
 
-    engine_class, context_class = (EngineV8, ContextV8) if v8 else (EngineV10, ContextV10)
-    Engine.create_execution_context = lambda self: context_class(self)  # type: ignore[method-assign]
+        @property
+        def all_binding_shapes_specified(self) -> bool:
+            return len(self._input_shapes) == len(self._engine._inputs)
+
+    class IExecutionContextV8(IExecutionContext):
+        def _binding_name(self, index: int) -> str:
+            assert isinstance(self._engine, ICudaEngineV8)
+            name, _, _, k = self._engine._binding(index)
+            if k != self._profile:
+                raise RuntimeError(f"binding {index} belongs to profile {k}, the context uses {self._profile}")
+            return name.split(" [")[0]
+
+        def set_binding_shape(self, binding: int, shape: Any) -> bool:
+            calls.append(f"set_binding_shape({binding}, {list(shape)})")
+            return self._set_shape(self._binding_name(binding), tuple(shape))
+
+        def get_binding_shape(self, binding: int) -> tuple[int, ...]:
+            name = self._binding_name(binding)
+            return self._input_shapes.get(name) or self._output_shape(name)
+
+        def execute_async_v2(self, bindings: list[int], stream_handle: int, input_consumed: Any = None) -> bool:
+            calls.append("execute_async_v2")
+            e = self._engine
+            if len(bindings) != len(e._io) * len(e._profiles) or int(stream_handle) not in device.streams:
+                return False
+            base = self._profile * len(e._io)
+            return self._execute({n: int(bindings[base + j]) for j, (n, _, _) in enumerate(e._io)})
+
+    engine_class, context_class = (ICudaEngineV8, IExecutionContextV8) if v8 else (ICudaEngine, IExecutionContext)
 
     class Runtime:
         def __init__(self, logger: Any) -> None:
+            if factories_fail:
+                log(logger, severity.ERROR, CUDA_INIT_FAILURE)
+                raise TypeError(NULL_FACTORY)
             self._logger = logger
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> Any:
@@ -598,7 +645,7 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
                 return None
             return engine_class(header, onnx_bytes)
 
-    return Runtime
+    return Runtime, engine_class, context_class
 
 
 def _np(name: str) -> Any:

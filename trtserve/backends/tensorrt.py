@@ -199,7 +199,7 @@ class TensorRTBackend(Backend):
         return getattr(self, "_device", "unknown")
 
     def _load(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        from trtserve.tensorrt.builder import import_tensorrt, make_logger
+        from trtserve.tensorrt.builder import create, import_tensorrt, make_logger
         from trtserve.tensorrt.cuda import CudaRuntime
         from trtserve.tensorrt.keys import read_record
         from trtserve.tensorrt.plan import TrtVersion
@@ -217,7 +217,7 @@ class TensorRTBackend(Backend):
             raise ModelLoadError(f"engine {self.model_path.name} does not fit this host: {why}. Rebuild it here with: "
                                  f"{record.rebuild_command(self.model_path)}")
         self._log = make_logger(trt)
-        self._runtime = trt.Runtime(self._log)
+        self._runtime = create(trt, "Runtime", self._log)
         self._engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if self._engine is None:
             detail = "; ".join(self._log.errors()) or "no detail from TensorRT"
@@ -263,7 +263,11 @@ class TensorRTBackend(Backend):
             raise ModelLoadError("TensorRT could not create an execution context (out of GPU memory?)")
         slot = _Slot(context, profile, cuda.stream_create())
         self._all_pending = slot
-        context.set_optimization_profile_async(profile, _stream_handle(slot.stream))
+        if not context.set_optimization_profile_async(profile, _stream_handle(slot.stream)):
+            detail = "; ".join(self._log.errors()[-3:]) or "no detail from TensorRT"
+            raise ModelLoadError(f"TensorRT refused optimization profile {profile} of {self.model_path.name} for "
+                                 f"execution context {profile} ({detail}); the engine may have fewer profiles than "
+                                 "contexts: rebuild it with `trtserve build ... --contexts N` or ask fewer contexts")
         for t in self._input_tensors:
             if not self._api.set_input_shape(slot, t, t.max_shape):
                 raise ModelLoadError(f"TensorRT refused shape {list(t.max_shape)} for input '{t.name}'")

@@ -37,6 +37,26 @@ def import_tensorrt() -> ModuleType:
         raise TensorRTUnavailableError(f"TensorRT is not installed ({exc}). {TENSORRT_HINT}") from None
 
 
+def create(trt: Any, factory: str, log: Any) -> Any:
+    """``trt.Builder(log)`` / ``trt.Runtime(log)``; TensorRTUnavailableError when TensorRT cannot start.
+
+    When TensorRT's library cannot start CUDA, its C factory returns NULL and the bindings raise
+    ``TypeError: pybind11::init(): factory function returned nullptr``; the reason, if any, went to the logger.
+    """
+    try:
+        return getattr(trt, factory)(log)
+    except TypeError as exc:
+        if "returned nullptr" not in str(exc):
+            raise
+        said = "; ".join(m for _, m in getattr(log, "messages", [])) or "TensorRT logged no reason"
+        raise TensorRTUnavailableError(
+            f"TensorRT {getattr(trt, '__version__', '?')} is installed but could not create its {factory} ({said}). "
+            "TensorRT cannot start CUDA: check that this process sees an NVIDIA GPU (`nvidia-smi`; "
+            "CUDA_VISIBLE_DEVICES; on Kubernetes an nvidia.com/gpu limit and the NVIDIA container runtime), that the "
+            "NVIDIA driver is new enough for this TensorRT's CUDA, and that TensorRT's libraries (libnvinfer) are the "
+            "release of its Python bindings. `trtserve doctor` shows what this host has") from None
+
+
 def make_logger(trt: Any) -> Any:
     """A ``trt.ILogger`` that keeps warnings and errors (to explain a failed build) and forwards to logging."""
 
@@ -66,7 +86,8 @@ def _flags(enum: Any, names: tuple[str, ...]) -> int:
 
 
 def parser_errors(parser: Any, onnx_path: Path) -> str:
-    """Each parser error as ``node 'name' (OpType): description``; 8.5 has no node_name(), so ask the ONNX."""
+    """Each parser error as ``node 'name' (OpType): description``; 8.x has no node_name() (new in 10.0), so the
+    ONNX is asked there."""
     import onnx
 
     nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
@@ -139,7 +160,7 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
     version = TrtVersion.parse(trt.__version__)
     device: DeviceInfo = cuda.device()
     log = make_logger(trt)
-    builder = trt.Builder(log)
+    builder = create(trt, "Builder", log)
     num_dla = int(getattr(builder, "num_DLA_cores", 0))
     sources = sources_of(config)
     path = plan_build(version, settings.precision, sources, settings.dla_core, num_dla, config.name)
@@ -176,6 +197,12 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
         builder_config.set_timing_cache(builder_config.create_timing_cache(data), False)
 
     serialized = builder.build_serialized_network(network, builder_config)
+    if calibrator is not None:
+        calibrator.free()
+        try:  # TensorRT swallows exceptions raised in the calibrator's callbacks: they surface here
+            calibrator.raise_if_failed()
+        except Exception as exc:
+            raise EngineBuildError(f"TensorRT {version} INT8 calibration of {config.name}: {exc}") from exc
     if serialized is None:
         warnings = [m for s, m in log.messages if s == "WARNING"]
         raise EngineBuildError(f"TensorRT {version} could not build {config.name} {settings.precision} "

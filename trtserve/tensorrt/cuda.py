@@ -3,6 +3,10 @@
 cuda-python moved its runtime module: ``cuda.bindings.runtime`` since 12.6.1, ``cuda.cudart`` before.
 Both are accepted. Every cuda-python call returns ``(error, *values)``; :meth:`CudaRuntime.call` checks
 the error and raises :class:`BackendError` naming the call, so no failure passes silently.
+
+Without a usable NVIDIA driver the releases differ: cuda-python <= 12.6.x (and 11.8) raise
+``RuntimeError('Failed to dlopen libcuda.so.1')`` from the call itself, 12.9 / 13.x return
+``(cudaErrorInsufficientDriver, None)``. Both become the same BackendError, with the reason and what to check.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from trtserve.errors import BackendError, ModelLoadError
 _MODULES = ("cuda.bindings.runtime", "cuda.cudart")
 INSTALL_HINT = ("install cuda-python (pip install 'trtserve[gpu]'); on a Jetson use the JetPack image, "
                 "on x86 the NGC TensorRT container")
+DRIVER_HINT = ("check that the NVIDIA driver is installed and loaded (`nvidia-smi`), that this process sees the GPU "
+               "(CUDA_VISIBLE_DEVICES; in a container the NVIDIA container runtime / --gpus), and that the driver is "
+               "new enough for this cuda-python's CUDA release")
+# runtime errors that mean "no usable driver or device", not a bug in the call
+_DRIVER_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorInitializationError",
+                  "cudaErrorStubLibrary", "cudaErrorCallRequiresNewerDriver", "cudaErrorSystemDriverMismatch",
+                  "cudaErrorCompatNotSupportedOnDevice", "cudaErrorDevicesUnavailable",
+                  "cudaErrorUnsupportedPtxVersion"}
 
 
 def import_cudart() -> Any:
@@ -51,13 +63,33 @@ class CudaRuntime:
         self.rt = module if module is not None else import_cudart()
 
     def call(self, what: str, *args: Any) -> Any:
-        result = getattr(self.rt, what)(*args)
+        """``self.rt.<what>(*args)`` with its error code checked; returns the value(s) after the code.
+
+        Raises BackendError naming the call and the reason: a non-zero ``cudaError_t`` (with CUDA's own text),
+        or the RuntimeError / OSError older cuda-python raises when it cannot load the driver (libcuda.so.1).
+        """
+        try:
+            result = getattr(self.rt, what)(*args)
+        except (RuntimeError, OSError) as exc:
+            raise BackendError(f"CUDA {what} failed: {exc}: no usable NVIDIA driver; {DRIVER_HINT}") from None
         err, *values = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
-            raise BackendError(f"CUDA {what} failed: {err}")
+            raise BackendError(f"CUDA {what} failed: {self.describe(err)}")
         if not values:
             return None
         return values[0] if len(values) == 1 else tuple(values)
+
+    def describe(self, err: Any) -> str:
+        """``cudaErrorInsufficientDriver (35): CUDA driver version is insufficient ...`` plus what to check."""
+        name = getattr(err, "name", str(err))
+        text = f"{name} ({int(err)})"
+        try:  # CUDA's own sentence for the code, when this cuda-python has it
+            code, message = self.rt.cudaGetErrorString(err)
+            if int(code) == 0 and message:
+                text += ": " + (message.decode(errors="replace") if isinstance(message, bytes) else str(message))
+        except Exception:  # the name and number are enough without the sentence
+            pass
+        return f"{text}; {DRIVER_HINT}" if name in _DRIVER_ERRORS else text
 
     def device(self) -> DeviceInfo:
         index = self.call("cudaGetDevice")
