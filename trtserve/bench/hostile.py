@@ -4,8 +4,11 @@ Three measurements, each side by side in one run against ``trtserve serve`` proc
 
 * **interference**: a well-behaved camera (one StreamDetect call, paced) alone, then beside two clients sending
   decoder bombs (``bombs``) at about 1 KB/s each; alternated ``repeats`` times, medians of the camera's p50;
-* **flood**: a server with ``batcher.max_queue_size: 4`` under many concurrent unary Detect calls: how fast a
-  refused frame is answered RESOURCE_EXHAUSTED (p50 / p99), and that every call got an answer;
+* **flood**: a server with ``batcher.max_queue_size: 4`` under 8, then 64 concurrent closed-loop unary Detect
+  calls: how fast a refused frame is answered RESOURCE_EXHAUSTED (p50 / p99), the calls per second the server
+  answered, and that every call got an answer. With closed-loop callers a refusal's latency is at least
+  concurrency / calls per second (Little's law): past a few callers it measures gRPC's per-call cost, not the
+  refusal;
 * **overload**: the peak throughput of closed-loop streams, then unary calls offered open-loop at 2x and 4x that
   rate: goodput (answered OK per second) / peak, the refusals' latency, and frames lost (must be 0).
 """
@@ -45,6 +48,8 @@ class FloodReport(JsonReport):
     max_queue_size: int
     concurrent_calls: int
     calls: int
+    calls_per_s: float
+    queueing_bound_ms: float  # concurrent_calls / calls_per_s: the least p50 any server answering that fast allows
     ok: int
     refused: int  # RESOURCE_EXHAUSTED
     refusal_p50_ms: float  # target <= 10
@@ -71,7 +76,7 @@ class HostileReport(JsonReport):
     model: str
     precision: str
     interference: InterferenceReport
-    flood: FloodReport
+    flood: tuple[FloodReport, ...]
     peak_fps: float
     overload: tuple[OverloadRow, ...]
 
@@ -217,8 +222,18 @@ def _config_file(folder: Path, max_queue_size: int | None) -> list[str]:
     return ["--config", str(path)]
 
 
+def _flood(report: dict[str, list[float] | int], queue: int, concurrency: int, seconds: float) -> FloodReport:
+    ok, refused, other = report["OK"], report["RESOURCE_EXHAUSTED"], report["other"]
+    assert isinstance(ok, list) and isinstance(refused, list) and isinstance(other, list)
+    started, lost = int(report["started"]), int(report["lost"])  # type: ignore[arg-type]
+    rate = (started - lost) / seconds
+    bound_ms = round(1000 * concurrency / rate, 2) if rate else 0.0
+    return FloodReport(queue, concurrency, started, round(rate, 1), bound_ms, len(ok), len(refused),
+                       _ms(refused, 50), _ms(refused, 99), len(other), lost)
+
+
 def run(repository: Path | None, model: str, precision: str = "fp32", seconds: float = 5.0, repeats: int = 3,
-        bombs: Callable[[], list[bytes]] = default_bombs, flood_calls: int = 64) -> HostileReport:
+        bombs: Callable[[], list[bytes]] = default_bombs, flood_calls: tuple[int, ...] = (8, 64)) -> HostileReport:
     """Measure the three (see the module docstring); ``seconds`` per load phase."""
     from trtserve.serving.process import start_server_process, stop_server_process
 
@@ -254,11 +269,8 @@ def run(repository: Path | None, model: str, precision: str = "fp32", seconds: f
         server, address = start_server_process(repository, model, precision, log_dir / "bench-hostile-flood.log",
                                                extra_args=_config_file(Path(tmp), queue))
         try:
-            flood = asyncio.run(_unary_load(address, model, frames, None, flood_calls, seconds))
+            floods = tuple(_flood(asyncio.run(_unary_load(address, model, frames, None, n, seconds)), queue, n,
+                                  seconds) for n in flood_calls)
         finally:
             stop_server_process(server)
-    ok, refused, other = flood["OK"], flood["RESOURCE_EXHAUSTED"], flood["other"]
-    assert isinstance(ok, list) and isinstance(refused, list) and isinstance(other, list)
-    return HostileReport(model, precision, interference, FloodReport(
-        queue, flood_calls, int(flood["started"]), len(ok), len(refused), _ms(refused, 50),  # type: ignore[arg-type]
-        _ms(refused, 99), len(other), int(flood["lost"])), round(peak, 1), tuple(rows))  # type: ignore[arg-type]
+    return HostileReport(model, precision, interference, floods, round(peak, 1), tuple(rows))

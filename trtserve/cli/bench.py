@@ -36,6 +36,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_flags(args: argparse.Namespace) -> list[str]:
+    """The ``trtserve serve`` flags a bench passes to the server it starts (--normalize-in-model, --event-loop,
+    --instances)."""
+    flags: list[str] = []
+    if args.normalize_in_model is not None:
+        flags.append("--normalize-in-model" if args.normalize_in_model else "--no-normalize-in-model")
+    if args.event_loop:
+        flags += ["--event-loop", args.event_loop]
+    if args.instances:
+        flags += ["--instances", str(args.instances)]
+    return flags
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     shadow = args.what == "streams" and args.shadow_rate is not None
     args.precision = args.precision or ("int8" if shadow else "fp32")
@@ -61,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.what == "streams":
         s = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
-                              args.server, args.kserve, None if args.raw else 90, runs=args.repeats)
+                              args.server, args.kserve, None if args.raw else 90, runs=args.repeats,
+                              http=args.http, server_args=serve_flags(args))
         server_cpu = s.server_cpu_ms_per_frame
         emit(s.as_dict(), args.json, (
             f"{s.streams} streams x {s.frames_per_stream} {s.frames} frames over {s.protocol}: "
@@ -81,20 +95,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from trtserve.bench import hostile as bench_hostile
 
         h = bench_hostile.run(args.repository, args.model, args.precision, args.seconds, max(1, args.repeats))
-        i, f = h.interference, h.flood
+        i = h.interference
         lines = [
             f"{h.model} {h.precision}: a camera at {bench_hostile.GOOD_FPS:g} fps alone vs beside 2 clients sending "
             f"decoder bombs at {bench_hostile.HOSTILE_BYTES_PER_S:g} B/s each (medians of {i.repeats}):",
             f"  camera p50 {i.good_p50_ms_alone} ms vs {i.good_p50_ms_beside_bombs} ms (ratio {i.p50_ratio}); "
             f"{i.bombs_refused} of {i.bombs_sent} bombs refused, answered in {i.bomb_answer_p50_ms} ms p50",
-            f"flood of {f.concurrent_calls} concurrent unary calls on max_queue_size {f.max_queue_size}: {f.ok} ok, "
-            f"{f.refused} refused in {f.refusal_p50_ms} ms p50 / {f.refusal_p99_ms} ms p99, "
-            f"{f.other_errors} other errors, {f.lost} lost",
+            *(f"flood of {f.concurrent_calls} concurrent unary calls on max_queue_size {f.max_queue_size}: {f.ok} ok, "
+              f"{f.refused} refused in {f.refusal_p50_ms} ms p50 / {f.refusal_p99_ms} ms p99 ({f.calls_per_s} calls/s "
+              f"answered: at least {f.queueing_bound_ms} ms of queueing), {f.other_errors} other errors, {f.lost} lost"
+              for f in h.flood),
             f"overload (unary, open loop) against a peak of {h.peak_fps} frames/s:"]
         lines += [f"  {r.offered_x_peak:g}x ({r.offered_fps} offered/s): goodput {r.goodput_fps}/s = "
                   f"{r.goodput_ratio} x peak; {r.refused} refused in {r.refusal_p50_ms} ms p50 / "
                   f"{r.refusal_p99_ms} ms p99; ok p50 {r.ok_p50_ms} ms; lost {r.lost}" for r in h.overload]
         emit(h.as_dict(), args.json, "\n".join(lines))
+        return 0
+    if args.what == "overload":
+        from trtserve.bench import overload as bench_overload
+
+        o = bench_overload.run(args.repository, args.model, args.precision, args.streams, args.seconds,
+                               server=args.server, server_args=tuple(serve_flags(args)))
+        lines = [f"{o.model} {o.precision}: {o.streams} StreamDetect cameras, peak {o.peak_fps} frames/s (closed loop, "
+                 "block); then offered open loop:"]
+        lines += [f"  {p.offered_x_peak:g}x {p.mode:<11} ({p.offered_fps} offered/s): goodput {p.goodput_fps}/s = "
+                  f"{p.goodput_ratio} x peak; {p.refused} refused in {p.refusal_p50_ms} ms p50 / {p.refusal_p99_ms} "
+                  f"ms p99; ok p50 {p.ok_p50_ms} ms p99 {p.ok_p99_ms} ms; {p.other_errors} other errors; lost {p.lost}"
+                  for p in o.phases]
+        emit(o.as_dict(), args.json, "\n".join(lines))
         return 0
     if args.what == "calibration":
         from trtserve.bench import calibration as bench_calibration
@@ -139,14 +167,18 @@ def register(sub: Subcommands) -> None:
     p = model_command(sub, "bench", "'streams' (default): concurrent streams against a server beside the raw engine; "
                       "'throughput': in-process, raw backend vs end to end per batch size; "
                       "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static; "
-                      "'hostile': decoder bombs beside a camera, a unary flood, goodput under 2x/4x overload")
-    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration", "hostile"],
+                      "'hostile': decoder bombs beside a camera, a unary flood, goodput under 2x/4x overload; "
+                      "'overload': goodput under 2x/4x overload per StreamDetect policy (block, drop_oldest) and unary")
+    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration", "hostile", "overload"],
                    default="streams")
     p.add_argument("--seconds", type=float, default=5.0, help="bench hostile: seconds per load phase (default 5)")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
     p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
     p.add_argument("--server", help="a running server (bench streams); default: start one here")
     p.add_argument("--kserve", action="store_true", help="drive the KServe v2 API with tritonclient")
+    p.add_argument("--http", action="store_true",
+                   help="bench streams: drive KServe v2 over HTTP/REST with tritonclient.http (binary tensors; "
+                        "with --server, its host's port 8000)")
     p.add_argument("--raw", action="store_true",
                    help="bench streams: send raw BGR pixels instead of JPEG (trtserve.v1; no decoding in the server)")
     p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")
@@ -160,4 +192,9 @@ def register(sub: Subcommands) -> None:
                    help="default fp32; int8 with --shadow-rate (the shadow is FP32)")
     p.add_argument("--shadow-rate", type=float, metavar="R",
                    help="bench streams with the FP32 shadow on R of the batches against off, in one run")
+    p.add_argument("--normalize-in-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="bench streams / overload: the server started here normalizes in the model (uint8 input)")
+    p.add_argument("--event-loop", choices=["asyncio", "uvloop", "auto"],
+                   help="bench streams / overload: the event loop of the server started here")
+    p.add_argument("--instances", metavar="N|auto", help="bench streams / overload: batcher.instances of the server")
     p.set_defaults(func=cmd_bench)
