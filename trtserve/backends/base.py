@@ -7,6 +7,8 @@ objects can be created (and configuration validated) without a GPU or the runtim
 from __future__ import annotations
 
 import abc
+import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -16,6 +18,8 @@ from numpy.typing import NDArray
 
 from trtserve.errors import BackendError, InvalidFrameError
 from trtserve.reports import OMIT_WHEN_NONE, JsonReport
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from trtserve.config import ModelConfig
@@ -136,8 +140,13 @@ class Backend(abc.ABC):
             return self._infer(feeds)
         except InvalidFrameError:
             raise
-        except Exception as exc:  # the runtime's own errors become one typed error
-            raise BackendError(f"{self.name} backend failed on a batch of {self.model_path.name}: {exc}") from exc
+        except Exception as exc:  # the runtime's own errors become one typed error; their text (paths, node names,
+            # the runtime's source files) goes to the log under an incident id, which is all a client is told
+            incident = uuid.uuid4().hex[:12]
+            logger.error("%s backend failed on a batch of %s [incident %s]: %s", self.name, self.model_path.name,
+                         incident, exc)
+            raise BackendError(f"the {self.name} backend failed on a batch of {self.model_path.name} (incident "
+                               f"{incident}; the server log has the details)") from exc
 
     def close(self) -> None:
         if self._loaded:

@@ -54,3 +54,26 @@ def test_spin_wait_off_reaches_the_session() -> None:
     default = backend_class("onnxruntime")(ENGINES / "shapes" / "model.onnx")
     with default.load(), pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning)
         default._session.get_session_options().get_session_config_entry(key)  # type: ignore[attr-defined]
+
+
+def test_a_runtime_failure_tells_an_incident_id_and_logs_the_runtime_s_own_text(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """ONNX Runtime's message names its source files and the graph's nodes: the log's business, not a client's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trtserve.errors import BackendError
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, -1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="secret_node")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with backend_class("onnxruntime")(path) as b, pytest.raises(BackendError) as info:
+        b.infer({"x": np.zeros((1, 4), np.float32)})  # 4 values cannot be reshaped to 3 rows
+    message = str(info.value)
+    assert "incident" in message and "secret_node" not in message and "onnxruntime_src" not in message
+    assert "ONNXRuntimeError" not in message
+    incident = message.split("incident ")[1].split(";")[0]
+    assert any(incident in r.getMessage() and "secret_node" in r.getMessage() for r in caplog.records)
