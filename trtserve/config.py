@@ -115,6 +115,45 @@ def apply_drift_block(base: DriftSpec, block: Mapping[str, Any], source: Path) -
 
 
 @dataclass(frozen=True)
+class ReservoirSpec:
+    """The live-frame calibration reservoir (``calibration_reservoir:`` in the server config and model.yaml).
+
+    Off by default: it stores real camera frames (letterboxed) on disk. ``dir`` None: ``<model folder>/reservoir``;
+    set: ``<dir>/<model name>``. ``disagreement_weight`` w: a frame with agreement F1 a is kept with weight
+    ``1 + w * (1 - a)`` (weighted reservoir sampling; 0 makes it uniform).
+    """
+
+    enabled: bool = False
+    max_frames: int = 1000
+    max_bytes: int = 256 * 1024 * 1024
+    dir: Path | None = None
+    disagreement_weight: float = 3.0
+
+
+RESERVOIR_KEYS = {f for f in ReservoirSpec.__dataclass_fields__}
+
+
+def apply_reservoir_block(base: ReservoirSpec, block: Mapping[str, Any], source: Path) -> ReservoirSpec:
+    """A ``calibration_reservoir:`` block over ``base``; a relative ``dir`` is relative to ``source``'s folder."""
+    r = YamlReader(source, dict(block), "calibration_reservoir", RESERVOIR_KEYS)
+    directory = base.dir
+    if "dir" in r.data:
+        raw = r.get("dir", str, expected="a folder path")
+        if not raw:
+            r.fail("calibration_reservoir.dir", raw, "a non-empty folder path")
+        directory = Path(raw)
+        if not directory.is_absolute() and source.is_file():
+            directory = source.parent / directory
+    return ReservoirSpec(
+        enabled=r.get("enabled", bool, base.enabled, "true or false"),
+        max_frames=r.number("max_frames", base.max_frames, lo=1, hi=10_000_000, integer=True),
+        max_bytes=r.number("max_bytes", base.max_bytes, lo=1024, integer=True),
+        dir=directory,
+        disagreement_weight=r.number("disagreement_weight", base.disagreement_weight, lo=0.0, hi=1000.0),
+    )
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """How ``trtserve build`` and the tensorrt backend make engines (``engine:`` in model.yaml)."""
 
@@ -144,6 +183,12 @@ class ModelConfig:
         return apply_drift_block(server_defaults, self.drift, self.source_file or Path("model.yaml"))
     backend: str = "onnxruntime"
     engine: EngineSpec = field(default_factory=EngineSpec)
+    calibration_reservoir: Mapping[str, Any] = field(default_factory=dict)  # the model's own keys (over the server's)
+
+    def reservoir_settings(self, server_defaults: ReservoirSpec) -> ReservoirSpec:
+        """The server's ``calibration_reservoir`` with this model's keys on top."""
+        source = self.source_file or Path("model.yaml")
+        return apply_reservoir_block(server_defaults, self.calibration_reservoir, source)
 
     def artifact(self, precision: str) -> Path:
         """The model file for ``precision`` (``fp32`` is the source ONNX)."""
@@ -163,7 +208,7 @@ class ModelConfig:
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
-             "quantization", "drift", "backend", "engine"}
+             "quantization", "drift", "backend", "engine", "calibration_reservoir"}
 _ENGINE_KEYS = {"auto_build", "opt_batch", "workspace_gb", "dla_core"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value",
@@ -296,6 +341,8 @@ def load_model_config(path: Path) -> ModelConfig:
 
     drift = top.get("drift", dict, {}, "a mapping")
     read_drift(YamlReader(path, drift, "drift", DRIFT_KEYS), DriftSpec())  # validate now, apply at serve time
+    reservoir = top.get("calibration_reservoir", dict, {}, "a mapping")
+    apply_reservoir_block(ReservoirSpec(), reservoir, path)  # validate now, apply at serve time
     eng = YamlReader(path, top.get("engine", dict, {}), "engine", _ENGINE_KEYS)
     max_batch = top.number("max_batch_size", 8, lo=1, hi=1024, integer=True)
     engine = EngineSpec(
@@ -320,4 +367,5 @@ def load_model_config(path: Path) -> ModelConfig:
         drift=drift,
         backend=top.choice("backend", BACKENDS.names(), "onnxruntime"),
         engine=engine,
+        calibration_reservoir=reservoir,
     )

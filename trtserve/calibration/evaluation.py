@@ -6,9 +6,11 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from trtserve.datasets.synthetic import Scene, evaluation_set
 from trtserve.detector import Detector
@@ -32,38 +34,84 @@ class EvalResult(JsonReport):
     seconds: float  # detection and scoring, rounded to 0.01 s
 
 
-def coco_map(scenes: list[Scene], predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-             num_classes: int) -> tuple[float, float]:
-    """(mAP@0.5, mAP@0.5:0.95) of per-scene (boxes_xyxy, scores, class_ids) against the scenes' truth."""
+@dataclass(frozen=True)
+class FrameTruth:
+    """The ground truth of one frame for :func:`coco_scores`: boxes in frame pixels (xyxy) and model class ids.
+
+    ``crowd`` marks COCO ``iscrowd`` regions (matched detections there are neither true nor false positives).
+    """
+
+    height_px: int
+    width_px: int
+    boxes_xyxy: NDArray[np.floating]  # [N, 4]
+    class_ids: NDArray[np.integer]  # [N]
+    crowd: NDArray[np.bool_] | None = None  # [N]; None: no crowd regions
+
+
+@dataclass(frozen=True)
+class CocoScores:
+    """pycocotools' COCOeval summary: mAP over the classes that have ground truth, and AP per class id."""
+
+    map50: float
+    map50_95: float
+    ap50: tuple[float | None, ...]  # per model class id; None where the class has no ground truth
+    ap50_95: tuple[float | None, ...]
+
+
+def coco_scores(truths: Sequence[FrameTruth], predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                num_classes: int) -> CocoScores:
+    """COCO mAP@0.5, mAP@0.5:0.95 (area all, 100 detections) and per-class AP of per-frame
+    ``(boxes_xyxy, scores, class_ids)`` against ``truths`` (same order and length)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     images: list[dict[str, object]] = []
     annotations: list[dict[str, object]] = []
     dets: list[dict[str, object]] = []
-    for i, (scene, (boxes, scores, classes)) in enumerate(zip(scenes, predictions)):
-        h, w = scene.image_bgr.shape[:2]
-        images.append({"id": i, "width": w, "height": h})
-        for b, c in zip(scene.boxes_xyxy.tolist(), scene.class_ids.tolist()):
+    has_truth = np.zeros(num_classes, bool)
+    for i, (truth, (boxes, scores, classes)) in enumerate(zip(truths, predictions)):
+        images.append({"id": i, "width": truth.width_px, "height": truth.height_px})
+        crowd = truth.crowd if truth.crowd is not None else np.zeros(len(truth.class_ids), bool)
+        for b, c, k in zip(np.asarray(truth.boxes_xyxy).tolist(), np.asarray(truth.class_ids).tolist(),
+                           crowd.tolist()):
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c),
                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                                "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
-        for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
+                                "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": int(bool(k))})
+            has_truth[int(c)] |= not k
+        for b, s, c in zip(np.asarray(boxes).tolist(), np.asarray(scores).tolist(), np.asarray(classes).tolist()):
             dets.append({"image_id": i, "category_id": int(c), "score": float(s),
                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+    if not dets:
+        zeros = tuple(0.0 if t else None for t in has_truth)
+        return CocoScores(0.0, 0.0, zeros, zeros)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        truth = COCO()
-        truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": c} for c in range(num_classes)]}
-        truth.createIndex()
-        if not dets:
-            return 0.0, 0.0
-        found = truth.loadRes(dets)
-        ev = COCOeval(truth, found, "bbox")
+        truth_set = COCO()
+        truth_set.dataset = {"images": images, "annotations": annotations,
+                             "categories": [{"id": c} for c in range(num_classes)]}
+        truth_set.createIndex()
+        found = truth_set.loadRes(dets)
+        ev = COCOeval(truth_set, found, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return float(ev.stats[1]), float(ev.stats[0])
+    precision = ev.eval["precision"]  # [IoU thresholds, recall points, classes, areas, max dets]; -1: no truth
+
+    def ap(p: NDArray[np.floating]) -> float | None:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else None
+
+    ap50 = tuple(ap(precision[0, :, k, 0, -1]) for k in range(num_classes))
+    ap50_95 = tuple(ap(precision[:, :, k, 0, -1]) for k in range(num_classes))
+    return CocoScores(max(float(ev.stats[1]), 0.0), max(float(ev.stats[0]), 0.0), ap50, ap50_95)
+
+
+def coco_map(scenes: list[Scene], predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+             num_classes: int) -> tuple[float, float]:
+    """(mAP@0.5, mAP@0.5:0.95) of per-scene (boxes_xyxy, scores, class_ids) against the scenes' truth."""
+    truths = [FrameTruth(int(s.image_bgr.shape[0]), int(s.image_bgr.shape[1]), s.boxes_xyxy, s.class_ids)
+              for s in scenes]
+    scores = coco_scores(truths, predictions, num_classes)
+    return scores.map50, scores.map50_95
 
 
 def evaluate(detector: Detector, num_images: int = 300) -> EvalResult:

@@ -14,8 +14,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtserve.calibration.run import run_calibration
     from trtserve.repository import ModelRepository
 
+    if args.from_server is not None:
+        return _from_server(args, reload=False)
     if (args.images is None) == (args.video is None):
-        raise UsageError("give exactly one of --images DIR or --video FILE")
+        raise UsageError("give exactly one of --images DIR or --video FILE (or --from-server ADDR)")
     config = ModelRepository(args.repository).get(args.model)
     source = (FrameSource.from_images(args.images, args.num) if args.images is not None
               else FrameSource.from_video(args.video, args.num))
@@ -36,6 +38,55 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_server(args: argparse.Namespace, reload: bool) -> int:
+    """Pull the server's reservoir, calibrate a staged copy on it, compare, promote if better (and reload)."""
+    from trtserve.calibration.from_server import promote, pull_reservoir, pulled_frames, recalibrate_staged
+    from trtserve.cli.models import token_from
+    from trtserve.cli.remote import RemoteServer
+    from trtserve.repository import ModelRepository
+
+    if args.video is not None:
+        raise UsageError("--video cannot be mixed with --from-server; use --images DIR to mix in frames")
+    config = ModelRepository(args.repository).get(args.model)
+    pull_dir = args.pull_dir or Path(".trtserve-pull") / args.model
+    with RemoteServer(args.from_server, token_from(args)) as server:
+        pulled = pull_reservoir(pull_dir, args.from_server, args.model, server.fetch(args.model))
+        report = recalibrate_staged(config, pulled_frames(pull_dir), args.images, args.num if args.images else 0,
+                                    args.method, tuple(args.trt_version), args.min_gain, progress=not args.json)
+        dry_run = getattr(args, "dry_run", False)
+        keep = report.better or getattr(args, "keep_worse", False)
+        promoted = promote(config) if keep and not dry_run else []
+        reply = server.control("reload", args.model) if reload and promoted else None
+    payload = {"pull": pulled.as_dict(), "report": report.as_dict(), "promoted": promoted, "reload": reply,
+               "dry_run": dry_run}
+    o, n = report.old, report.new
+    resumed = ", resumed" if pulled.resumed else ""
+    text = (f"pulled {pulled.frames} reservoir frames ({pulled.received} this run{resumed})"
+            f"; calibrated on them{f' and {report.image_frames} images' if report.image_frames else ''}\n"
+            f"INT8 vs FP32 on the reservoir frames: serving F1 {o.agreement_f1:.4f} mAP50-95 {o.map50_95_vs_fp32:.4f}"
+            f" | recalibrated F1 {n.agreement_f1:.4f} mAP50-95 {n.map50_95_vs_fp32:.4f} -> "
+            f"{'better' if report.better else 'not better'}\n"
+            + (f"promoted {', '.join(promoted)} into {config.directory}" if promoted else
+               f"kept the serving model (staged files in {report.staging})")
+            + (f"\nreloaded on {args.from_server}: {reply['message']}" if reply else ""))
+    emit(payload, args.json, text)
+    return 0
+
+
+def cmd_recalibrate(args: argparse.Namespace) -> int:
+    args.from_server = args.server
+    args.video = None
+    return _from_server(args, reload=True)
+
+
+def _calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help="bearer token for the server (default: $TRTSERVE_TOKEN)")
+    p.add_argument("--pull-dir", type=Path, default=None,
+                   help="where pulled frames go (default ./.trtserve-pull/MODEL); an interrupted pull resumes there")
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="the new INT8 must beat the serving one's agreement F1 with FP32 by more than this")
+
+
 def register(sub: Subcommands) -> None:
     """Add this group's subcommands to the ``trtserve`` parser."""
     p = sub.add_parser("calibrate", help="calibrate a model to INT8 (Q/DQ ONNX, TensorRT caches, report)")
@@ -54,5 +105,22 @@ def register(sub: Subcommands) -> None:
                    help="keep the fewest most-sensitive layers float until INT8 meets --target-agreement")
     p.add_argument("--target-agreement", type=float, default=0.97,
                    help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
+    p.add_argument("--from-server", metavar="ADDR", default=None,
+                   help="calibrate on the server's live-frame reservoir (mixed with --images when given); new files "
+                        "replace the model's only when they agree better with FP32 on those frames")
+    p.add_argument("--keep-worse", action="store_true", help="with --from-server: keep the new files even when worse")
+    _calibration_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("recalibrate", help="pull a server's reservoir, calibrate, evaluate, reload it there if better")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--server", required=True, metavar="ADDR", help="the server (model_control: true, a reservoir)")
+    p.add_argument("--images", type=Path, default=None, help="also calibrate on these frames (e.g. the original set)")
+    p.add_argument("--num", type=int, default=500, help="at most this many --images frames (default 500)")
+    p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
+    p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z")
+    p.add_argument("--dry-run", action="store_true", help="pull, calibrate and compare; change nothing")
+    _calibration_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recalibrate)

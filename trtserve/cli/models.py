@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.server is not None or args.action is not None:
+        return _control(args)
     from trtserve.repository import ModelRepository
 
     rows: list[dict[str, Any]] = [{"name": c.name, "head": c.head.type, "precisions": c.available_precisions(),
@@ -23,6 +25,27 @@ def cmd_models(args: argparse.Namespace) -> int:
              f"classes={r['classes']} precisions={','.join(r['precisions'])}" for r in rows]
     emit(rows, args.json, "\n".join(lines) or "(no models)")
     return 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    """``trtserve models --server ADDR load|unload|reload NAME``: model control on a running server."""
+    from trtserve.cli.remote import RemoteServer
+
+    if args.server is None or args.action is None or args.name is None:
+        raise UsageError("model control needs all of --server ADDR, an action (load, unload, reload) and a model "
+                         "NAME, e.g. `trtserve models --server 127.0.0.1:8001 reload shapes`")
+    with RemoteServer(args.server, token_from(args)) as server:
+        reply = server.control(args.action, args.name)
+    emit(reply, args.json, f"{reply['name']}: {reply['state']} version {reply['version']}: {reply['message']}")
+    return 0
+
+
+def token_from(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$TRTSERVE_TOKEN``."""
+    import os
+
+    token: str | None = args.token or os.environ.get("TRTSERVE_TOKEN") or None
+    return token
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -87,7 +110,12 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 def register(sub: Subcommands) -> None:
     """Add this group's subcommands to the ``trtserve`` parser."""
-    p = sub.add_parser("models", help="list the model repository")
+    p = sub.add_parser("models", help="list the model repository; with --server, load/unload/reload a model there")
+    p.add_argument("action", nargs="?", choices=["load", "unload", "reload"],
+                   help="with --server: load (a loaded model is reloaded), unload or reload NAME while serving")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--server", metavar="ADDR", help="a running server (host:port) with model_control: true")
+    p.add_argument("--token", help="bearer token for a server with tokens (default: $TRTSERVE_TOKEN)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

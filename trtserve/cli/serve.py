@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
-from trtserve.errors import RemoteCallError
+from trtserve.errors import ConfigError, RemoteCallError
 from trtserve.reports import JsonReport
+
+
+def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """``asyncio.run(main)`` on the loop ``event_loop`` names; ``auto`` is uvloop where it is installed, else asyncio's.
+    ConfigError when ``uvloop`` is asked for and not installed (or not available on this platform)."""
+    import asyncio
+
+    if event_loop in ("uvloop", "auto"):
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise ConfigError("event_loop: uvloop is not installed (pip install uvloop; Linux and macOS only); "
+                                  "use asyncio") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -26,13 +46,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "batcher.max_batch_size": args.max_batch_size,
         "batcher.max_queue_delay_ms": args.max_queue_delay_ms, "batcher.instances": args.instances,
         "tls.cert_file": args.tls_cert, "tls.key_file": args.tls_key, "tls.client_ca_file": args.tls_client_ca,
-        "auth.tokens_file": args.tokens_file, "metrics_port": args.metrics_port,
-        "drift.sample_rate": args.shadow_rate})
+        "auth.tokens_file": args.tokens_file, "metrics_port": args.metrics_port, "http_port": args.http_port,
+        "drift.sample_rate": args.shadow_rate, "normalize_in_model": args.normalize_in_model,
+        "event_loop": args.event_loop})
 
     async def run() -> None:
         server = Server(settings, ModelRepository(args.repository))
         await server.start()
         metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
+        metrics += f", KServe HTTP on port {server.http_port}" if server.http_port else ""
         sys.stderr.write(f"trtserve: serving {list(settings.models)} ({settings.precision}) on "
                          f"{settings.host}:{server.port}{metrics}\n")
         stop = asyncio.Event()
@@ -49,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     restore_stderr = rate_limit_native_stderr()  # libjpeg / libpng print a line per bad frame a client sends
     try:
-        asyncio.run(run())
+        run_event_loop(run(), settings.event_loop)
     finally:
         restore_stderr()
     return 0
@@ -130,7 +152,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def register(sub: Subcommands) -> None:
     """Add this group's subcommands to the ``trtserve`` parser."""
-    p = sub.add_parser("serve", help="serve models over gRPC (trtserve.v1, health, reflection)")
+    p = sub.add_parser("serve", help="serve models over gRPC (trtserve.v1, KServe v2, health, reflection) and "
+                                     "KServe v2 over HTTP")
     p.add_argument("--config", type=Path, help="server YAML (precedence: file < TRTSERVE_* env < flags)")
     p.add_argument("--host")
     p.add_argument("--grpc-port", type=int)
@@ -141,12 +164,19 @@ def register(sub: Subcommands) -> None:
                    help="ONNX Runtime threads per batch (default: cores / instances)")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
-    p.add_argument("--instances", type=int, help="concurrent batches per model")
+    p.add_argument("--instances", type=lambda v: v if v == "auto" else int(v), metavar="N|auto",
+                   help="concurrent batches per model; auto: measured on the engine at load")
+    p.add_argument("--normalize-in-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model normalizes the letterboxed uint8 frames itself (ONNX Runtime)")
+    p.add_argument("--event-loop", choices=["asyncio", "uvloop", "auto"],
+                   help="asyncio (default) | uvloop (pip install uvloop; Linux / macOS) | auto: uvloop if installed")
     p.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-client-ca", help="CA bundle for client certificates: enables mutual TLS")
     p.add_argument("--tokens-file", help="bearer tokens, one per line: calls without one are UNAUTHENTICATED")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 8002; 0: any free port)")
+    p.add_argument("--http-port", metavar="PORT|off",
+                   help="KServe v2 HTTP/REST port (default 8000; 0: any free port; off: no HTTP)")
     p.add_argument("--shadow-rate", type=float, metavar="R",
                    help="compare this fraction of batches with the FP32 shadow, for every model (0 turns it off)")
     p.set_defaults(func=cmd_serve)

@@ -52,6 +52,7 @@ from trtserve.errors import ModelLoadError
 from trtserve.heads.base import Thresholds
 from trtserve.monitoring.metrics import Metrics
 from trtserve.monitoring.ranges import calibrated_ranges
+from trtserve.monitoring.reservoir import Reservoir
 from trtserve.monitoring.shadow import FrameDrift, ShadowInfo, ShadowSetup, shadow_main
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts
@@ -205,8 +206,9 @@ class DriftMonitor:
     def __init__(self, served: Detector, setup: ShadowSetup, process: _ShadowProcess, shadow: ShadowInfo,
                  spec: DriftSpec, metrics: Metrics, ranges_source: str,
                  on_verdict: Callable[[bool], None] | None = None,
-                 restart: RestartBackoff | None = None) -> None:
+                 restart: RestartBackoff | None = None, reservoir: Reservoir | None = None) -> None:
         self.served = served
+        self.reservoir = reservoir  # frames compared are offered to it, with their agreement
         self.spec = spec
         self.ranges_source = ranges_source
         self.restart = restart or RestartBackoff()
@@ -228,9 +230,32 @@ class DriftMonitor:
         self._up_since = self._down_since = self._retry_at = time.monotonic()
         self._failed_starts = 0
         self.samples = self.skipped = self.errors = self.restarts = self.skipped_down = 0
-        model, precision = served.config.name, served.precision
-        m = metrics
         self._metrics = metrics
+        self._coverage_labels = list(shadow.coverage_labels)
+        self._bind_metrics(reset=True)
+        self._thread = threading.Thread(target=self._run, name=f"trtserve-drift-{served.config.name}", daemon=True)
+        self._thread.start()
+
+    _FAMILIES = ("drift_f1", "drift_iou", "drift_score", "drift_missed", "drift_extra", "drift_cosine",
+                 "drift_rel_l2", "drift_samples", "drift_skipped", "drift_errors", "drift_window_f1",
+                 "drift_shadow_up", "drift_shadow_restarts", "drift_skipped_shadow_down")
+
+    def _bind_metrics(self, reset: bool) -> None:
+        """Resolve this monitor's series; with ``reset``, start them afresh (a new model version: a monitor of the
+        previous version still running keeps writing to its own series, which are no longer exported)."""
+        model, precision = self.served.config.name, self.served.precision
+        m = self._metrics
+        if reset:
+            for family in self._FAMILIES:
+                try:
+                    getattr(m, family).remove(model, precision)
+                except KeyError:
+                    pass
+            for label in self._coverage_labels:
+                try:
+                    m.coverage.remove(model, precision, label)
+                except KeyError:
+                    pass
         self._m_f1, self._m_iou = m.drift_f1.labels(model, precision), m.drift_iou.labels(model, precision)
         self._m_score = m.drift_score.labels(model, precision)
         self._m_missed, self._m_extra = m.drift_missed.labels(model, precision), m.drift_extra.labels(model, precision)
@@ -239,19 +264,25 @@ class DriftMonitor:
         self._m_skipped = m.drift_skipped.labels(model, precision)
         self._m_errors = m.drift_errors.labels(model, precision)
         self._m_window = m.drift_window_f1.labels(model, precision)
-        self._m_window.set(math.nan)  # no window yet: no agreement to show
+        with self._lock:
+            window = len(self._window)
+            up = self._up
+        self._m_window.set(self.summary().agreement_f1 if window and up else math.nan)  # no window: no agreement
         self._m_up = m.drift_shadow_up.labels(model, precision)
-        self._m_up.set(1)
+        self._m_up.set(1 if up else 0)
         self._m_restarts = m.drift_shadow_restarts.labels(model, precision)
         self._m_skipped_down = m.drift_skipped_shadow_down.labels(model, precision)
-        self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in shadow.coverage_labels}
-        self._thread = threading.Thread(target=self._run, name=f"trtserve-drift-{model}", daemon=True)
-        self._thread.start()
+        self._m_coverage = {label: m.coverage.labels(model, precision, label) for label in self._coverage_labels}
+
+    def rebind_metrics(self) -> None:
+        """Export this monitor's series again, afresh: after a newer version's monitor took them over and then
+        failed to start, the version still serving reports again (from zero; its window is kept)."""
+        self._bind_metrics(reset=True)
 
     @classmethod
     def open(cls, served: Detector, spec: DriftSpec, metrics: Metrics,
              on_verdict: Callable[[bool], None] | None = None,
-             restart: RestartBackoff | None = None) -> DriftMonitor:
+             restart: RestartBackoff | None = None, reservoir: Reservoir | None = None) -> DriftMonitor:
         """Start the shadow process, load the shadow there and check it matches the served model.
 
         Raises what loading the shadow raised (ModelLoadError, ...), and ModelLoadError for a shadow that is not
@@ -288,7 +319,7 @@ class DriftMonitor:
         logger.info("model %s: %s drift monitor against a %s shadow (%s, own process), sample rate %.3f, "
                     "ranges from %s", config.name, served.precision, spec.shadow_precision, spec.shadow_backend,
                     spec.sample_rate, source or "nowhere")
-        return cls(served, setup, process, shadow, spec, metrics, source, on_verdict, restart)
+        return cls(served, setup, process, shadow, spec, metrics, source, on_verdict, restart, reservoir)
 
     # --- the serving side: never blocks -----------------------------------------------------------------
 
@@ -361,6 +392,8 @@ class DriftMonitor:
         if status == "ok":
             try:
                 self._record(payload)
+                if self.reservoir is not None:
+                    self._keep_frames(sample, payload)
             finally:
                 self._done()
         else:
@@ -442,6 +475,7 @@ class DriftMonitor:
             return
         for label in shadow.coverage_labels:
             if label not in self._m_coverage:
+                self._coverage_labels.append(label)
                 self._m_coverage[label] = self._metrics.coverage.labels(name, self.served.precision, label)
         now = time.monotonic()
         with self._lock:
@@ -498,6 +532,15 @@ class DriftMonitor:
         summary = self.summary()
         self._m_window.set(summary.agreement_f1)
         self._judge(summary)
+
+    def _keep_frames(self, sample: _Sample, frames: list[FrameDrift]) -> None:
+        """Offer the compared frames to the calibration reservoir with their agreement (raw heads: cosine)."""
+        assert self.reservoir is not None
+        agreements = [f.cosine if f.cosine is not None else f.counts.f1 for f in frames]
+        try:
+            self.reservoir.offer_tensor(self.served.config.input, sample.request[0], agreements)
+        except Exception:  # a bug in the reservoir must not stop drift monitoring
+            logger.exception("model %s: the calibration reservoir failed to take a frame", self.served.config.name)
 
     def _judge(self, summary: DriftSummary) -> None:
         below = summary.below_threshold  # never true on fewer than min_window_frames

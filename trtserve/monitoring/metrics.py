@@ -150,6 +150,35 @@ class Metrics:
             "Per sampled frame: fraction of values outside the calibrated INT8 range (tensor: input, a "
             "configured tensor, or all = every calibrated activation pooled)",
             ["model", "precision", "tensor"], buckets=RATIO_BUCKETS, registry=r)
+        # model control (serving/model_control.py) and the live-frame calibration reservoir (monitoring/reservoir.py)
+        self.model_version = Gauge("trtserve_model_version",
+                                   "The serving version of each loaded model: 1 at its first load, +1 per reload "
+                                   "(drift series and windows restart with each version)", ["model"], registry=r)
+        self.model_loads = Counter("trtserve_model_loads",
+                                   "Model loads and reloads while serving, by outcome (ok, failed)",
+                                   ["model", "outcome"], registry=r)
+        self.reservoir_frames = Gauge("trtserve_calibration_reservoir_frames",
+                                      "Frames held in the model's calibration reservoir", ["model"], registry=r)
+        self.reservoir_bytes = Gauge("trtserve_calibration_reservoir_bytes",
+                                     "Bytes on disk of the model's calibration reservoir", ["model"], registry=r)
+        self.reservoir_write_errors = Counter("trtserve_calibration_reservoir_write_errors",
+                                              "Frames the reservoir did not store because writing failed (disk full, "
+                                              "permissions)", ["model"], registry=r)
+
+
+class BatchSizes:
+    """A model's ``trtserve_batch_size`` child, and beside it the exact number of batches of each size (the
+    histogram's buckets pool some sizes): KServe's ModelStatistics reports batches per size. The sizes are bounded
+    by the model's max batch size. Call :meth:`observe` from the event loop only."""
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.executions: dict[int, int] = {}
+
+    def observe(self, size: float) -> None:
+        self.child.observe(size)
+        n = int(size)
+        self.executions[n] = self.executions.get(n, 0) + 1
 
 
 class ModelMetrics:
@@ -163,11 +192,13 @@ class ModelMetrics:
         self.stage = {s: metrics.stage_seconds.labels(model, precision, s) for s in STAGES}
         self.ok = metrics.frames.labels(model, precision, "ok", "OK")
         self.dropped = metrics.frames.labels(model, precision, "dropped", "")
-        self.batch_size = metrics.batch_size.labels(model, precision)
+        self.batch_size = BatchSizes(metrics.batch_size.labels(model, precision))
+        self.last_ok_s = 0.0  # wall clock of the latest answered frame (KServe statistics' last_inference)
 
     def frame_ok(self, queue_s: float, preprocess_s: float, inference_s: float, postprocess_s: float,
                  total_s: float) -> None:
         self.ok.inc()
+        self.last_ok_s = time.time()
         stage = self.stage
         stage["queue"].observe(queue_s)
         stage["preprocess"].observe(preprocess_s)

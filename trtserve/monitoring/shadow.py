@@ -32,6 +32,7 @@ from trtserve.heads.base import Head, Thresholds
 from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts, match_pairs
+from trtserve.vision.preprocess import Preprocessor
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -170,6 +171,10 @@ class _Shadow:
                 geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
         setup = self.setup
         shadow_in = self.backend.inputs[0]
+        if tensor.dtype == np.uint8 and shadow_in.dtype != np.uint8:
+            # the served model normalizes inside (its input is the letterboxed frames): the shadow, on the model's
+            # own float input, gets them normalized here, off the serving path — as calibration saw them
+            tensor = Preprocessor(setup.config.input, shadow_in.dtype).to_tensor(np.asarray(tensor, np.uint8))
         tensor = tensor.astype(shadow_in.dtype, copy=False)
         fixed = shadow_in.shape[0]
         outputs = infer_padded(self.backend, setup.input_name, tensor, fixed if isinstance(fixed, int) else None)

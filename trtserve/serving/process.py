@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 def start_server_process(repository: Path | None, model: str, precision: str, log_path: Path,
-                         startup_timeout_s: float = 120.0, metrics_port: int = 0, extra_args: Sequence[str] = ()
-                         ) -> tuple[subprocess.Popen[bytes], str]:
+                         startup_timeout_s: float = 120.0, metrics_port: int = 0, extra_args: Sequence[str] = (),
+                         http_port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``trtserve serve`` on a free loopback port; return it once its health says SERVING.
 
-    ``metrics_port`` 0 lets the server pick a free one (the log says which).
+    ``metrics_port`` 0 lets the server pick a free one (the log says which). KServe over HTTP is off unless
+    ``http_port`` is given (0: any free one), so servers started side by side never contend for port 8000.
     """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,7 +38,8 @@ def start_server_process(repository: Path | None, model: str, precision: str, lo
     if repository is not None:
         cmd += ["--repository", str(repository)]
     cmd += ["serve", "--grpc-port", str(port), "--model", model, "--precision", precision,
-            "--metrics-port", str(metrics_port), *extra_args]
+            "--metrics-port", str(metrics_port), "--http-port", "off" if http_port is None else str(http_port),
+            *extra_args]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"

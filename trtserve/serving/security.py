@@ -218,6 +218,14 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return "unknown token"
         return None
 
+    def refused(self, authorization: str | None, peer: str, method: str) -> bool:
+        """Whether a request with this ``Authorization`` value is refused — logged, rate-limited, as a refused gRPC
+        call is. For the other front ends (HTTP), so that every port shares one policy and one log."""
+        reason = self._refusal([("authorization", authorization)] if authorization is not None else [])
+        if reason is not None:
+            self._failures.record(peer, method, reason)
+        return reason is not None
+
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method

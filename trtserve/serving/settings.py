@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from trtserve.config import PRECISIONS, DriftSpec, YamlReader, apply_drift_block
+from trtserve.config import PRECISIONS, DriftSpec, ReservoirSpec, YamlReader, apply_drift_block, apply_reservoir_block
 from trtserve.errors import ConfigError
 from trtserve.serving.security import HEALTH_SERVICE, REFLECTION_SERVICES, KeepaliveSettings, TlsSettings
 
@@ -40,7 +40,8 @@ class BatcherConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 64  # frames of a model admitted at once: decoding, queued or in a batch (then refused)
     preferred_batch_sizes: tuple[int, ...] = ()
-    instances: int = 2  # batches in the backend at once: one computes while the next is assembled
+    instances: int = 2  # batches in the backend at once: one computes while the next is assembled; 0 (YAML
+    # ``auto``): measured at load (trtserve.serving.arrangement: the fewest within 5 % of the best throughput)
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,21 @@ class ServerSettings:
     auth_reflection_requires_token: bool = True  # False: reflection is callable without a token as well
     keepalive: KeepaliveSettings = field(default_factory=KeepaliveSettings)  # pings, idle/age limits
     metrics_port: int | None = 8002  # Prometheus /metrics; 0: any free port; None: off
+    # KServe v2 over HTTP/REST; 0: any free port; None: off. `trtserve serve` (load_server_settings) defaults it to
+    # DEFAULT_HTTP_PORT, Triton's 8000; settings built in code serve no HTTP unless they ask (tests, embedders)
+    http_port: int | None = None
     metrics_host: str | None = None  # None: the same as host
     device_metrics: str = "auto"  # auto | none (NVML, tegrastats)
     drift: DriftSpec = field(default_factory=DriftSpec)  # defaults for every model (model.yaml drift: on top)
     drift_overrides: Mapping[str, Any] = field(default_factory=dict)  # env / flag drift keys: over model.yaml too
+    # the model normalizes the letterboxed uint8 frames itself where the backend can (trtserve.backends.input_prefix)
+    normalize_in_model: bool = False
+    event_loop: str = "asyncio"  # asyncio | uvloop (Linux / macOS, `pip install uvloop`) | auto: uvloop if installed
+    # model control (serving/model_control.py): load/unload/reload RPCs, off by default as in Triton; the poll
+    # reloads loaded models whose files changed (None: off) and works without the RPCs
+    model_control: bool = False
+    repository_poll_s: float | None = None
+    calibration_reservoir: ReservoirSpec = field(default_factory=ReservoirSpec)  # defaults for every model
 
     @property
     def auth_exempt(self) -> tuple[str, ...]:
@@ -76,7 +88,11 @@ class ServerSettings:
 
 _TOP = {"models", "precision", "host", "grpc_port", "workers", "intra_op_threads", "grace_period_s",
         "max_message_bytes", "batcher", "max_concurrent_streams", "stream_max_in_flight", "tls", "auth",
-        "metrics_port", "metrics_host", "device_metrics", "drift", "keepalive"}
+        "metrics_port", "metrics_host", "device_metrics", "drift", "keepalive", "http_port",
+        "model_control", "normalize_in_model", "event_loop", "repository_poll_s", "calibration_reservoir"}
+DEFAULT_HTTP_PORT = 8000
+# what turns a port off: YAML null, or one of these words from the environment or a flag
+PORT_OFF = ("null", "none", "off")
 _TLS = {"cert_file", "key_file", "client_ca_file"}
 _AUTH = {"tokens_file", "exempt_services", "reflection_requires_token"}
 _KEEPALIVE = {"time_s", "timeout_s", "min_ping_interval_s", "max_connection_idle_s", "max_connection_age_s",
@@ -95,8 +111,11 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MAX_BATCH_SIZE": ("batcher.max_batch_size", int),
     "MAX_QUEUE_DELAY_MS": ("batcher.max_queue_delay_ms", float),
     "MAX_QUEUE_SIZE": ("batcher.max_queue_size", int),
-    "INSTANCES": ("batcher.instances", int),
+    "INSTANCES": ("batcher.instances", lambda v: "auto" if v.strip() == "auto" else int(v)),
+    "NORMALIZE_IN_MODEL": ("normalize_in_model", lambda v: _flag(v)),
+    "EVENT_LOOP": ("event_loop", str),
     "METRICS_PORT": ("metrics_port", int),
+    "HTTP_PORT": ("http_port", str),  # a number, or null / none / off
     "METRICS_HOST": ("metrics_host", str),
     "SHADOW_RATE": ("drift.sample_rate", float),
 }
@@ -115,7 +134,8 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         max_queue_delay_ms=b.number("max_queue_delay_ms", cur.max_queue_delay_ms, lo=0, hi=60000),
         max_queue_size=b.number("max_queue_size", cur.max_queue_size, lo=1, hi=1_000_000, integer=True),
         preferred_batch_sizes=tuple(preferred),
-        instances=b.number("instances", cur.instances, lo=1, hi=64, integer=True))
+        instances=0 if b.data.get("instances") == "auto" else b.number("instances", cur.instances, lo=1, hi=64,
+                                                                       integer=True))
     tls = settings.tls
     if "tls" in top.data:
         t = YamlReader(source, top.get("tls", dict, expected="a mapping"), "tls", _TLS)
@@ -161,10 +181,28 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
     drift = settings.drift
     if "drift" in top.data:
         drift = apply_drift_block(settings.drift, top.get("drift", dict, expected="a mapping"), source)
+    reservoir = settings.calibration_reservoir
+    if "calibration_reservoir" in top.data:
+        reservoir = apply_reservoir_block(reservoir, top.get("calibration_reservoir", dict, expected="a mapping"),
+                                          source)
+    poll_s = settings.repository_poll_s
+    if "repository_poll_s" in top.data:
+        poll_s = None if top.data["repository_poll_s"] is None else top.number("repository_poll_s", lo=0.1,
+                                                                                hi=86400.0)
     metrics_port = settings.metrics_port
     if "metrics_port" in top.data:
         metrics_port = None if top.data["metrics_port"] is None else top.number(
             "metrics_port", lo=0, hi=65535, integer=True)
+    http_port = settings.http_port
+    if "http_port" in top.data:
+        value = top.data["http_port"]
+        if value is None or (isinstance(value, str) and value.strip().lower() in PORT_OFF):
+            http_port = None
+        else:
+            port = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+                top.fail("http_port", value, "a port in [0, 65535] (0: any free port), or null to turn HTTP off")
+            http_port = port
     models = top.get("models", list, list(settings.models), "a list of model names")
     if not models or not all(isinstance(m, str) and m for m in models):
         top.fail("models", models, "a non-empty list of model names")
@@ -183,7 +221,24 @@ def _apply(settings: ServerSettings, data: Mapping[str, Any], source: Path) -> S
         tls=tls, tokens_file=tokens_file, auth_exempt_services=exempt,
         auth_reflection_requires_token=reflection_requires_token, keepalive=keepalive, batcher=batcher, drift=drift,
         metrics_port=metrics_port, metrics_host=top.get("metrics_host", str, settings.metrics_host),
-        device_metrics=top.choice("device_metrics", ("auto", "none"), settings.device_metrics))
+        model_control=top.get("model_control", bool, settings.model_control, "true or false"),
+        repository_poll_s=poll_s, calibration_reservoir=reservoir,
+        http_port=http_port, device_metrics=top.choice("device_metrics", ("auto", "none"), settings.device_metrics),
+        normalize_in_model=top.get("normalize_in_model", bool, settings.normalize_in_model, "true or false"),
+        event_loop=top.choice("event_loop", EVENT_LOOPS, settings.event_loop))
+
+
+EVENT_LOOPS = ("asyncio", "uvloop", "auto")
+
+
+def _flag(value: str) -> bool:
+    """An environment variable's true / false (1 / 0, yes / no, on / off)."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,7 +252,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 def load_server_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None,
                          overrides: Mapping[str, Any] | None = None) -> ServerSettings:
     """Settings with the documented precedence; ``overrides`` uses dotted keys (``batcher.instances``)."""
-    settings = ServerSettings()
+    settings = ServerSettings(http_port=DEFAULT_HTTP_PORT)
     if config_file is not None:
         try:
             document = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}

@@ -19,6 +19,14 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_OK: _ClassVar[Status]
     STATUS_DROPPED: _ClassVar[Status]
     STATUS_ERROR: _ClassVar[Status]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_READY: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADING: _ClassVar[ModelState]
+    MODEL_STATE_UNAVAILABLE: _ClassVar[ModelState]
 PIXEL_FORMAT_UNSPECIFIED: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
 PIXEL_FORMAT_RGB8: PixelFormat
@@ -26,6 +34,11 @@ STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_DROPPED: Status
 STATUS_ERROR: Status
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_READY: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_UNLOADING: ModelState
+MODEL_STATE_UNAVAILABLE: ModelState
 
 class RawImage(_message.Message):
     __slots__ = ("pixels", "height", "width", "format")
@@ -180,7 +193,7 @@ class BatcherStats(_message.Message):
     def __init__(self, batches: _Optional[int] = ..., frames: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "head", "classes", "input_height", "input_width", "precisions", "serving_precision", "backend", "batcher", "stats", "ready", "drift")
+    __slots__ = ("name", "head", "classes", "input_height", "input_width", "precisions", "serving_precision", "backend", "batcher", "stats", "ready", "drift", "version", "last_control_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +206,8 @@ class ModelInfo(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTROL_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     head: str
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -205,7 +220,63 @@ class ModelInfo(_message.Message):
     stats: BatcherStats
     ready: bool
     drift: DriftSummary
-    def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., serving_precision: _Optional[str] = ..., backend: _Optional[str] = ..., batcher: _Optional[_Union[BatcherSettings, _Mapping]] = ..., stats: _Optional[_Union[BatcherStats, _Mapping]] = ..., ready: _Optional[bool] = ..., drift: _Optional[_Union[DriftSummary, _Mapping]] = ...) -> None: ...
+    version: int
+    last_control_error: str
+    def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., serving_precision: _Optional[str] = ..., backend: _Optional[str] = ..., batcher: _Optional[_Union[BatcherSettings, _Mapping]] = ..., stats: _Optional[_Union[BatcherStats, _Mapping]] = ..., ready: _Optional[bool] = ..., drift: _Optional[_Union[DriftSummary, _Mapping]] = ..., version: _Optional[int] = ..., last_control_error: _Optional[str] = ...) -> None: ...
+
+class ModelControlRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ModelControlResponse(_message.Message):
+    __slots__ = ("name", "version", "state", "message")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    state: ModelState
+    message: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PullCalibrationFramesRequest(_message.Message):
+    __slots__ = ("model", "after_id", "up_to_id", "max_frames", "max_bytes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    after_id: int
+    up_to_id: int
+    max_frames: int
+    max_bytes: int
+    def __init__(self, model: _Optional[str] = ..., after_id: _Optional[int] = ..., up_to_id: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class CalibrationFrame(_message.Message):
+    __slots__ = ("id", "agreement", "png", "sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    agreement: float
+    png: bytes
+    sha256: str
+    def __init__(self, id: _Optional[int] = ..., agreement: _Optional[float] = ..., png: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PullCalibrationFramesResponse(_message.Message):
+    __slots__ = ("frame", "snapshot_last_id", "remaining")
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_LAST_ID_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    frame: CalibrationFrame
+    snapshot_last_id: int
+    remaining: int
+    def __init__(self, frame: _Optional[_Union[CalibrationFrame, _Mapping]] = ..., snapshot_last_id: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
 
 class DriftSummary(_message.Message):
     __slots__ = ("sample_rate", "shadow_precision", "samples", "skipped", "errors", "window_frames", "agreement_f1", "mean_iou", "mean_score_abs_diff", "missed", "extra", "out_of_range_ratio", "below_threshold", "ranges_source", "stale", "shadow_restarts", "skipped_shadow_down")

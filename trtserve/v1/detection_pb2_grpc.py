@@ -54,6 +54,26 @@ class DetectionServiceStub:
                 request_serializer=trtserve_dot_v1_dot_detection__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/trtserve.v1.DetectionService/LoadModel',
+                request_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+                response_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/trtserve.v1.DetectionService/UnloadModel',
+                request_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+                response_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+                _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/trtserve.v1.DetectionService/ReloadModel',
+                request_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+                response_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+                _registered_method=True)
+        self.PullCalibrationFrames = channel.unary_stream(
+                '/trtserve.v1.DetectionService/PullCalibrationFrames',
+                request_serializer=trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesRequest.SerializeToString,
+                response_deserializer=trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesResponse.FromString,
+                _registered_method=True)
 
 
 class DetectionServiceServicer:
@@ -86,6 +106,37 @@ class DetectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Model control (server config `model_control: true`; FAILED_PRECONDITION while it is off). Load a model of the
+        repository (a loaded one is reloaded), unload one, or reload one: the new version is loaded and warmed beside
+        the serving one, new frames go to it from one batch on, frames already admitted finish on the old one. A
+        failed load leaves the old version serving and says why. A second operation on a model while one runs is
+        refused with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullCalibrationFrames(self, request, context):
+        """The frames of a model's calibration reservoir, one message each, in id order from after_id: resumable (send
+        the last id received), bounded per call (max_frames, max_bytes); NOT_FOUND without a reservoir.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +159,26 @@ def add_DetectionServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=trtserve_dot_v1_dot_detection__pb2.GetModelRequest.FromString,
                     response_serializer=trtserve_dot_v1_dot_detection__pb2.ModelInfo.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.FromString,
+                    response_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.FromString,
+                    response_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.FromString,
+                    response_serializer=trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.SerializeToString,
+            ),
+            'PullCalibrationFrames': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullCalibrationFrames,
+                    request_deserializer=trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesRequest.FromString,
+                    response_serializer=trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +289,114 @@ class DetectionService:
             '/trtserve.v1.DetectionService/GetModel',
             trtserve_dot_v1_dot_detection__pb2.GetModelRequest.SerializeToString,
             trtserve_dot_v1_dot_detection__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trtserve.v1.DetectionService/LoadModel',
+            trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+            trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trtserve.v1.DetectionService/UnloadModel',
+            trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+            trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trtserve.v1.DetectionService/ReloadModel',
+            trtserve_dot_v1_dot_detection__pb2.ModelControlRequest.SerializeToString,
+            trtserve_dot_v1_dot_detection__pb2.ModelControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullCalibrationFrames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trtserve.v1.DetectionService/PullCalibrationFrames',
+            trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesRequest.SerializeToString,
+            trtserve_dot_v1_dot_detection__pb2.PullCalibrationFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,
