@@ -28,6 +28,7 @@ from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
 from ...conftest import ENGINES
+from ..servers import with_server
 
 SHADOW_ALL = DriftSpec(enabled=True, sample_rate=1.0, max_pending=64, min_window_frames=16, agreement_threshold=0.9)
 
@@ -77,13 +78,7 @@ async def serve(repository: ModelRepository, drift: DriftSpec,
                 test: Callable[[Server, grpc.aio.Channel], Awaitable[None]]) -> None:
     settings = ServerSettings(grpc_port=0, metrics_port=0, precision="int8", drift=drift,
                               batcher=BatcherConfig(max_batch_size=8, max_queue_delay_ms=5))
-    server = Server(settings, repository)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            await test(server, channel)
-    finally:
-        await server.stop()
+    await with_server(settings, repository, test)
 
 
 async def stream(channel: grpc.aio.Channel, frames: list[bytes]) -> list[pb.DetectResponse]:

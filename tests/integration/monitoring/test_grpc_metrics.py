@@ -20,6 +20,7 @@ from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
 from ...conftest import ENGINES
+from ..servers import with_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DETECT = "/trtserve.v1.DetectionService/Detect"
@@ -36,16 +37,7 @@ def series(samples: Samples, name: str, **labels: str) -> list[float]:
 
 
 def run(settings: ServerSettings, test) -> None:  # type: ignore[no-untyped-def]
-    async def main() -> None:
-        server = Server(settings, ModelRepository(ENGINES))
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                await test(server, channel)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+    asyncio.run(with_server(settings, ModelRepository(ENGINES), test))
 
 
 FRAME = cv2.imencode(".jpg", next(iter(video_frames(1))).image_bgr)[1].tobytes()

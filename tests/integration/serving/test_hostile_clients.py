@@ -23,6 +23,7 @@ from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
 from ...conftest import ENGINES
+from ..servers import with_server
 from .test_grpc_server import jpeg_request, raw_request
 
 STREAM = "/trtserve.v1.DetectionService/StreamDetect"
@@ -32,13 +33,7 @@ DETECT = "/trtserve.v1.DetectionService/Detect"
 async def serving(test, **settings) -> None:  # type: ignore[no-untyped-def]
     config = {"grpc_port": 0, "metrics_port": None, "batcher": BatcherConfig(max_batch_size=8, max_queue_delay_ms=5),
               **settings}
-    server = Server(ServerSettings(**config), ModelRepository(ENGINES))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            await test(channel, server)
-    finally:
-        await server.stop()
+    await with_server(ServerSettings(**config), ModelRepository(ENGINES), lambda server, channel: test(channel, server))
 
 
 def _blocked_pool() -> tuple[ThreadPoolExecutor, threading.Event]:

@@ -22,6 +22,7 @@ from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
 from ...conftest import ENGINES
+from ..servers import with_server
 from .test_grpc_server import raw_request
 
 SETTINGS = ServerSettings(grpc_port=0, metrics_port=None, model_control=True, grace_period_s=5,
@@ -44,13 +45,7 @@ def copy_model(root: Path) -> Path:
 async def serving(tmp_path: Path, test: Callable[[Server, grpc.aio.Channel], Awaitable[None]],
                   settings: ServerSettings = SETTINGS) -> None:
     copy_model(tmp_path / "engines")
-    server = Server(settings, ModelRepository(tmp_path / "engines"))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            await test(server, channel)
-    finally:
-        await server.stop()
+    await with_server(settings, ModelRepository(tmp_path / "engines"), test)
 
 
 def test_a_reload_under_streaming_load_answers_every_frame_once_and_switches_version(tmp_path: Path) -> None:
