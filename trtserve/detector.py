@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.backends.base import Backend, BackendOptions
+from trtserve.backends.input_prefix import FoldsInput, InputPrefix
 from trtserve.backends.registry import backend_class
 from trtserve.config import ModelConfig
 from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
@@ -34,10 +35,10 @@ Frame = NDArray[np.uint8] | bytes
 class BatchRun:
     """One batch through the model: what went in, what came out, and where the time went (seconds)."""
 
-    tensor: NDArray[np.floating]
+    tensor: NDArray[np.generic]  # the backend's input: float, or uint8 letterboxed frames when it normalizes inside
     outputs: dict[str, NDArray[np.generic]]
     detections: list[Detections]
-    preprocess_s: float  # normalize and layout of the letterboxed batch
+    preprocess_s: float  # normalize and layout of the letterboxed batch (stacking it when the model normalizes)
     inference_s: float
     postprocess_s: float  # head decode, thresholds, NMS, un-letterbox
 
@@ -80,13 +81,19 @@ class Detector:
 
     @classmethod
     def open(cls, config: ModelConfig, precision: str = "fp32", backend: str | None = None,
-             options: BackendOptions | None = None) -> Detector:
+             options: BackendOptions | None = None, normalize_in_model: bool = False) -> Detector:
         """Load ``config``'s model for ``precision`` on ``backend`` (None: model.yaml's ``backend``, by default
         onnxruntime); raises ModelLoadError/ConfigError. The backend picks its file (an ONNX artifact, or the
-        TensorRT engine built for this host)."""
+        TensorRT engine built for this host). ``normalize_in_model``: where the backend can (ONNX Runtime), the
+        model gets a prefix that takes the letterboxed uint8 frames and normalizes them itself
+        (:mod:`trtserve.backends.input_prefix`); elsewhere, and for a model whose input cannot take it, the
+        frames are normalized on the CPU as without it."""
         kind = backend_class(backend or config.backend)
         options = replace(options or BackendOptions(), precision=precision)
-        loaded = kind(kind.model_file(config, precision), options).load()
+        unloaded = kind(kind.model_file(config, precision), options)
+        if normalize_in_model and isinstance(unloaded, FoldsInput):
+            unloaded.fold_input(InputPrefix.from_spec(config.input), config.input.name)
+        loaded = unloaded.load()
         try:
             return cls(config, loaded, precision)
         except Exception:
@@ -106,11 +113,13 @@ class Detector:
         self.input_name = info.name
         spec = self.config.input
         expected_hw = (spec.height_px, spec.width_px)
+        folded = isinstance(self.backend, FoldsInput) and self.backend.input_folded
+        layout = "nhwc" if folded else spec.layout  # a prefixed model takes the letterboxed frames: NHWC
         if len(info.shape) != 4:
             raise ModelLoadError(f"{where}: input '{info.name}' has rank {len(info.shape)}; "
                                  "expected a 4-D image batch")
-        hw = info.shape[2:4] if spec.layout == "nchw" else info.shape[1:3]
-        channels = info.shape[1] if spec.layout == "nchw" else info.shape[3]
+        hw = info.shape[2:4] if layout == "nchw" else info.shape[1:3]
+        channels = info.shape[1] if layout == "nchw" else info.shape[3]
         if channels not in (None, 3):
             raise ModelLoadError(f"{where}: input '{info.name}' of shape {list(info.shape)} does not have 3 "
                                  f"channels in layout {spec.layout}; fix input.layout in model.yaml")
@@ -123,9 +132,20 @@ class Detector:
                                  f"{self.config.max_batch_size}; re-export with a dynamic batch or lower "
                                  "max_batch_size")
         self.fixed_batch = batch_dim
-        self.preprocessor = Preprocessor(spec, info.dtype if info.dtype.kind == "f" else np.dtype(np.float32))
+        self.preprocessor = Preprocessor(spec, info.dtype if info.dtype.kind == "f" else np.dtype(np.float32),
+                                         in_model=folded)
         self.head = make_head(self.config.head, len(self.config.class_names),
-                              [t.shape for t in self.backend.outputs], where)
+                              [t.shape for t in self.backend.outputs], where, probe=self._probe_output_shapes)
+
+    def _probe_output_shapes(self) -> list[tuple[int | None, ...]]:
+        """The output shapes of one blank frame through the model: what ``head: auto`` picks from when the export
+        declares its output dims symbolic (asked for only then)."""
+        spec = self.config.input
+        blank = np.full((spec.height_px, spec.width_px, 3), spec.pad_value, np.uint8)
+        outputs = self.infer_tensor(self.preprocessor.to_input([blank]))
+        logger.info("%s: output dims are symbolic; one blank frame gave %s", self.config.source_file,
+                    {k: list(v.shape) for k, v in outputs.items()})
+        return [tuple(int(d) for d in v.shape) for v in outputs.values()]
 
     def prepare(self, frame: Frame) -> NDArray[np.uint8]:
         """Decode (bytes) or check (array) one frame; raises InvalidFrameError."""
@@ -159,7 +179,7 @@ class Detector:
         t0 = time.perf_counter()
         if not 0 < len(images) <= self.config.max_batch_size:
             raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
-        tensor = self.preprocessor.to_tensor(images)
+        tensor = self.preprocessor.to_input(images)
         t1 = time.perf_counter()
         outputs = self.infer_tensor(tensor)
         t2 = time.perf_counter()
@@ -167,8 +187,9 @@ class Detector:
         t3 = time.perf_counter()
         return BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2)
 
-    def infer_tensor(self, tensor: NDArray[np.floating]) -> dict[str, NDArray[np.generic]]:
-        """A normalized input batch -> raw outputs (fixed-batch models are padded, then cut back)."""
+    def infer_tensor(self, tensor: NDArray[np.generic]) -> dict[str, NDArray[np.generic]]:
+        """The backend's input batch (:meth:`Preprocessor.to_input`) -> raw outputs (fixed-batch models are padded,
+        then cut back)."""
         return infer_padded(self.backend, self.input_name, tensor, self.fixed_batch)
 
     def decode(self, outputs: dict[str, NDArray[np.generic]], geometries: Sequence[Letterbox],

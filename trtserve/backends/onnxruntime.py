@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from trtserve.backends.base import Backend, BackendSupport, HostFacts, TensorInfo
+from trtserve.backends.base import Backend, BackendOptions, BackendSupport, HostFacts, TensorInfo
+from trtserve.backends.input_prefix import FoldsInput, InputPrefix, with_uint8_input
 from trtserve.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,42 @@ def _info(arg: Any) -> TensorInfo:
     return TensorInfo(arg.name, np.dtype(_ORT_TYPES.get(arg.type, np.float32)), shape)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(Backend, FoldsInput):
     name = "onnxruntime"
+
+    def __init__(self, model_path: Path, options: BackendOptions | None = None) -> None:
+        super().__init__(model_path, options)
+        self._prefix: tuple[InputPrefix, str | None] | None = None
+        self._folded = False
+
+    def fold_input(self, prefix: InputPrefix, input_name: str | None) -> None:
+        self._prefix = (prefix, input_name)
+
+    @property
+    def input_folded(self) -> bool:
+        return self._folded
+
+    def _model_source(self, cpu_only: bool) -> str | bytes:
+        """The file to load, or with :meth:`fold_input` the model with its uint8-input prefix (serialized)."""
+        if self._prefix is None:
+            return str(self.model_path)
+        import onnx
+
+        prefix, wanted = self._prefix
+        try:
+            model = onnx.load(str(self.model_path))
+        except Exception:  # not an ONNX file: let ONNX Runtime say so, as without the prefix
+            return str(self.model_path)
+        name = wanted or (model.graph.input[0].name if len(model.graph.input) == 1 else None)
+        if name is None:
+            return str(self.model_path)  # Detector refuses the ambiguous input with what to set
+        try:
+            prefixed = with_uint8_input(model, name, prefix, dequantize=cpu_only)
+        except ValueError as exc:
+            logger.info("%s: normalizing on the CPU instead of in the model: %s", self.model_path.name, exc)
+            return str(self.model_path)
+        self._folded = True
+        return prefixed.SerializeToString()
 
     @classmethod
     def support(cls, host: HostFacts) -> BackendSupport:
@@ -102,12 +137,15 @@ class OnnxRuntimeBackend(Backend):
             cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, first_gpu())
             cache.mkdir(parents=True, exist_ok=True)
             chosen = provider_options(wanted, self.options.precision, cache, ort.__version__)
+        self._folded = False
+        source = self._model_source(cpu_only=wanted == ["CPUExecutionProvider"])
         try:
-            self._session = ort.InferenceSession(str(self.model_path), so, providers=chosen)
+            self._session = ort.InferenceSession(source, so, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             raise ModelLoadError(f"ONNX Runtime cannot load {self.model_path}: {exc}. Is it a valid "
                                  "ONNX file? Re-export it or restore it from the repository.") from exc
-        logger.info("loaded %s on %s", self.model_path, self._session.get_providers())
+        logger.info("loaded %s on %s%s", self.model_path, self._session.get_providers(),
+                    " (normalizing in the model: uint8 input)" if self._folded else "")
         return ([_info(a) for a in self._session.get_inputs()],
                 [_info(a) for a in self._session.get_outputs()])
 

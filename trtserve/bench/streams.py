@@ -15,9 +15,10 @@ and, for a CPU backend, the efficiency those costs allow with every core busy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class StreamsReport(JsonReport):
     the latency percentiles come from the one paced run at ``latency_load_fraction`` of the peak.
     """
 
-    protocol: str  # trtserve.v1 | kserve
+    protocol: str  # trtserve.v1 | kserve | kserve-http
     frames: str  # what was sent: jpeg | raw (BGR pixels)
     streams: int
     frames_per_stream: int
@@ -171,10 +172,15 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
 
     latencies: list[float] = []
     counts = {"ok": 0, "dropped": 0, "errors": 0}
+    by_outcome: dict[str, list[float]] = {}  # ok | dropped | an error's code name -> latencies (seconds)
 
     def record(sent_s: float | None, key: str) -> None:
+        outcome = key
+        if key.startswith("errors:"):  # "errors:<code>" from cameras that know the code
+            key, outcome = "errors", key.removeprefix("errors:")
         if sent_s is not None:
             latencies.append(time.perf_counter() - sent_s)
+            by_outcome.setdefault(outcome, []).append(latencies[-1])
         counts[key] += 1
 
     async with grpc.aio.insecure_channel(address) as channel:
@@ -189,13 +195,14 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
     server_cpu_s = server1 - server0 if server0 is not None and server1 is not None else None
     return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, "client_cpu_s": client_cpu_s,
-            "server_cpu_s": server_cpu_s, **counts}
+            "server_cpu_s": server_cpu_s, "latencies_by_outcome": by_outcome, **counts}
 
 
 async def _native_load(address: str, model: str, streams: int,
                        frames: Sequence[bytes] | Sequence[NDArray[np.uint8]], interval_s: float = 0.0,
-                       server_pid: int | None = None) -> dict[str, Any]:
-    """One trtserve.v1 StreamDetect per camera; frames are JPEG bytes or raw BGR pixels."""
+                       server_pid: int | None = None, policy: str | None = None) -> dict[str, Any]:
+    """One trtserve.v1 StreamDetect per camera; frames are JPEG bytes or raw BGR pixels. ``policy``: the calls'
+    overload policy (``block`` | ``drop_oldest``; None: the server's default)."""
     import grpc
 
     from trtserve.client import Frame, make_request
@@ -216,9 +223,10 @@ async def _native_load(address: str, model: str, streams: int,
                     sent[i] = time.perf_counter()
                     yield pb.DetectRequest(model=model, stream_id=f"bench-{stream}", sequence=i, image=image)
 
-            async for answer in stub.StreamDetect(requests()):
-                record(sent.pop(answer.sequence),
-                       {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(answer.status, "errors"))
+            metadata = (("x-trtserve-overload-policy", policy),) if policy else None
+            async for answer in stub.StreamDetect(requests(), metadata=metadata):
+                record(sent.pop(answer.sequence), {pb.STATUS_OK: "ok", pb.STATUS_DROPPED: "dropped"}.get(
+                    answer.status, f"errors:{answer.error_code or 'UNKNOWN'}"))
 
         return await _measure(address, model, streams, images, interval_s, camera, server_pid)
 
@@ -254,9 +262,51 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
         await client.close()
 
 
+async def _http_load(address: str, model: str, streams: int, frames: Sequence[bytes],
+                     interval_s: float = 0.0, server_pid: int | None = None, http_address: str = "",
+                     in_flight: int = 4) -> dict[str, Any]:
+    """The same load over KServe v2 HTTP/REST through tritonclient.http's asyncio client (binary tensors): per
+    camera at most ``in_flight`` requests at once, as a ModelStreamInfer stream holds (stream_max_in_flight)."""
+    import tritonclient.http.aio as tha
+    from tritonclient.http import InferInput
+
+    client = tha.InferenceServerClient(http_address, conn_limit=streams * in_flight)
+
+    async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
+        slots = asyncio.Semaphore(in_flight)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(blob: bytes) -> None:
+            tensor = InferInput("IMAGE", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+            sent = time.perf_counter()
+            try:
+                await client.infer(model, [tensor])
+            except Exception:  # tritonclient's InferenceServerException, or the connection failing
+                record(None, "errors")
+            else:
+                record(sent, "ok")
+            finally:
+                slots.release()
+
+        async for _, blob in paced:
+            await slots.acquire()
+            task = asyncio.create_task(one(blob))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        if running:
+            await asyncio.wait(running)
+
+    try:
+        return await _measure(address, model, streams, frames, interval_s, camera, server_pid)
+    finally:
+        await client.close()
+
+
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
         server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7,
-        runs: int = 1) -> StreamsReport:
+        runs: int = 1, http: bool = False, http_server: str | None = None, server_args: Sequence[str] = ()
+        ) -> StreamsReport:
     """Run the load and the raw-engine measurement; returns the report (see the module docstring).
 
     ``runs`` unpaced runs (peak throughput), each followed by the raw engine measured at the same batch
@@ -265,7 +315,9 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     medians over the runs. Then one run of cameras paced at ``load_fraction`` of the median peak, whose
     latency percentiles are the ones reported (an unpaced run only measures its own backlog).
     ``jpeg_quality`` None sends raw BGR pixels (trtserve.v1 only): what a client that decodes video itself
-    sends, and the server then does no JPEG decoding.
+    sends, and the server then does no JPEG decoding. ``http`` drives KServe v2 over HTTP/REST instead (at
+    ``http_server``; with ``server`` given and no ``http_server``, its host on port 8000). ``server_args``: more
+    ``trtserve serve`` flags for the server started here (``--normalize-in-model``, ``--event-loop uvloop``, ...).
     """
     from contextlib import ExitStack
 
@@ -276,9 +328,11 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     from trtserve.serving.process import start_server_process, stop_server_process
     from trtserve.serving.settings import serving_backend_options
 
-    if kserve and jpeg_quality is None:
+    if (kserve or http) and jpeg_quality is None:
         raise UsageError("--raw frames are benchmarked over trtserve.v1 only (the KServe model input is "
-                            "encoded image bytes); drop --raw or --kserve")
+                            "encoded image bytes); drop --raw, or --kserve / --http")
+    if kserve and http:
+        raise UsageError("--kserve (gRPC) and --http are two protocols; bench one at a time")
     if runs < 1:
         raise UsageError(f"--repeats {runs}: expected at least 1 run")
     frames = _sample_frames(frames_per_stream, jpeg_quality)
@@ -287,13 +341,22 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     log = Path("build/bench-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     if server is None:
-        process, server = start_server_process(repository, model, precision, log)
+        from trtserve.serving.process import free_port
+
+        http_port = free_port() if http else None
+        process, server = start_server_process(repository, model, precision, log, http_port=http_port,
+                                               extra_args=server_args)
+        http_server = f"127.0.0.1:{http_port}" if http else None
+    elif http and http_server is None:
+        http_server = f"{server.rsplit(':', 1)[0]}:8000"
     pairs: list[dict[str, Any]] = []
     try:
         with DetectionClient(server, model) as client:
             settings = client.model_info(model).batcher
             max_queue_delay_ms, instances = settings.max_queue_delay_ms, max(1, settings.instances)
-        load = _kserve_load if kserve else _native_load
+        load: Callable[..., Coroutine[Any, Any, dict[str, Any]]] = (
+            functools.partial(_http_load, http_address=http_server or "") if http
+            else _kserve_load if kserve else _native_load)
         pid = process.pid if process is not None else None
         with ExitStack() as stack:
             first = asyncio.run(load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
@@ -357,7 +420,8 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
     lat = paced["latencies"]
     sent = streams * frames_per_stream * (runs + 1)
     return StreamsReport(
-        protocol="kserve" if kserve else "trtserve.v1", frames="raw" if jpeg_quality is None else "jpeg",
+        protocol="kserve-http" if http else "kserve" if kserve else "trtserve.v1",
+        frames="raw" if jpeg_quality is None else "jpeg",
         streams=streams, frames_per_stream=frames_per_stream, runs=runs,
         frames_sent=sent, answered=sum(_answered(r) for r in (*loads, paced)),
         fps=median("fps", 1), raw_backend_fps=median("raw_fps", 1),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
-from trtserve.errors import ConfigError, RemoteCallError
+from trtserve.errors import ConfigError, RemoteCallError, UsageError
 from trtserve.reports import JsonReport
 
 
@@ -102,6 +102,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     video = Video(int(args.source) if args.source.isdigit() else args.source)
     fps_in = video.fps
+    source_frames = video.frames(args.frames)
+    first = next(source_frames, None)  # OpenCV "opens" many files it cannot read a frame of
+    if first is None:
+        video.close()
+        raise UsageError(f"{args.source}: no frame could be read; SOURCE must be a video file, a camera index or an "
+                         "rtsp:// / http:// stream URL")
+    import itertools
+
+    source_frames = itertools.chain([first], source_frames)
 
     writer = None
     latencies: list[float] = []
@@ -110,7 +119,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         with DetectionClient(args.server, args.model, None if args.raw else args.jpeg_quality) as client:
             names = tuple(client.model_info(args.model).classes)
-            for frame, answer in client.stream_frames(video.frames(args.frames), args.stream_id):
+            for frame, answer in client.stream_frames(source_frames, args.stream_id):
                 if answer.status != pb.STATUS_OK:
                     errors += 1
                     sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
@@ -195,7 +204,8 @@ def register(sub: Subcommands) -> None:
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("health", help="ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (1)")
-    p.add_argument("--address", help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001)")
+    p.add_argument("--server", "--address", dest="address", metavar="ADDR",
+                   help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001); --address is the old spelling")
     p.add_argument("--service", default="", help="a model name, or '' (default) for the whole server")
     p.add_argument("--timeout-s", type=float, default=3.0)
     p.set_defaults(func=cmd_health)

@@ -95,17 +95,24 @@ def letterbox(
     channels = image.shape[2] if image.ndim == 3 else 1
     if out is None:
         out = np.empty((ih, iw, channels), dtype=np.uint8)
-    out.fill(pad_value)
     rw, rh = geometry.resized_width_px, geometry.resized_height_px
+    top, left = geometry.pad_top_px, geometry.pad_left_px
+    # only the padding is filled, and the resize writes straight into the interior (no temporary, no copy)
+    out[:top] = pad_value
+    out[top + rh :] = pad_value
+    out[top : top + rh, :left] = pad_value
+    out[top : top + rh, left + rw :] = pad_value
+    interior = out[top : top + rh, left : left + rw]
     shrinking = rw < source_hw[1] or rh < source_hw[0]
     if (rw, rh) == (source_hw[1], source_hw[0]):
-        resized = image
+        interior[...] = image if image.ndim == 3 else image[:, :, None]
+        return out, geometry
+    flag = cv2.INTER_AREA if shrinking and interpolation == "area" else cv2.INTER_LINEAR
+    if image.ndim == 3 and channels in (1, 3, 4):
+        resized = cv2.resize(image, (rw, rh), dst=interior, interpolation=flag)
+        if resized is not interior and not np.shares_memory(resized, interior):  # OpenCV could not write in place
+            interior[...] = resized.reshape(interior.shape)
     else:
-        resized = cv2.resize(  # type: ignore[assignment]
-            image, (rw, rh), interpolation=cv2.INTER_AREA if shrinking and interpolation == "area" else cv2.INTER_LINEAR
-        )
-    if resized.ndim == 2:
-        resized = resized[:, :, None]
-    top, left = geometry.pad_top_px, geometry.pad_left_px
-    out[top : top + rh, left : left + rw] = resized
+        resized = cv2.resize(image, (rw, rh), interpolation=flag)
+        interior[...] = resized.reshape(interior.shape)
     return out, geometry

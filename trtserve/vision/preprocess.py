@@ -1,4 +1,5 @@
-"""Batch assembly: letterbox frames, then normalize them into the model's input layout."""
+"""Batch assembly: letterbox frames, then normalize them into the model's input layout (or, when the model
+normalizes itself, stack the letterboxed uint8 frames as they are)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ from trtserve.vision.letterbox import Letterbox, letterbox
 
 
 class Preprocessor:
-    """Turns BGR uint8 frames into the model's input tensor as ``model.yaml`` describes it."""
+    """Turns BGR uint8 frames into the model's input tensor as ``model.yaml`` describes it.
 
-    def __init__(self, spec: InputSpec, dtype: np.dtype | None = None) -> None:
+    ``in_model``: the model normalizes inside (its input is the letterboxed BGR uint8 frames, see
+    :mod:`trtserve.backends.input_prefix`): :meth:`to_input` then only stacks them. :meth:`to_tensor` always gives
+    the float tensor (calibration, and a drift shadow fed a uint8 batch, use it).
+    """
+
+    def __init__(self, spec: InputSpec, dtype: np.dtype | None = None, in_model: bool = False) -> None:
         self.spec = spec
+        self.in_model = in_model
         self.dtype = dtype if dtype is not None else np.dtype(np.float32)
         # x * scale/std - mean/std per channel, in the model's colour order: fixed per model, not per batch
         inv_std = 1.0 / np.array(spec.std, np.float32)
@@ -65,9 +72,29 @@ class Preprocessor:
             dst[...] = src_frame.astype(np.float32) * a - b  # in float32, then the model's dtype
         return tensor
 
-    def batch(self, frames: list[NDArray[np.uint8]]) -> tuple[NDArray[np.floating], list[Letterbox]]:
-        """Letterbox and normalize ``frames`` into one input tensor; returns it with each frame's geometry."""
+    def to_input(self, letterboxed: Sequence[NDArray[np.uint8]] | NDArray[np.uint8]) -> NDArray[np.generic]:
+        """The model's input for a batch of letterboxed frames: :meth:`to_tensor`, or with ``in_model`` the frames
+        stacked into one ``uint8 [B, H, W, 3]`` array (a batch already stacked is returned as it is)."""
+        if not self.in_model:
+            return self.to_tensor(letterboxed)
+        h, w = self.input_hw
+        if isinstance(letterboxed, np.ndarray) and letterboxed.dtype == np.uint8 and letterboxed.shape[1:] == (h, w, 3):
+            return letterboxed
+        for frame in letterboxed:
+            if frame.shape != (h, w, 3) or frame.dtype != np.uint8:  # a bug upstream: INTERNAL
+                raise ValueError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
+                                 f"expected uint8[{h}, {w}, 3]")
+        return np.stack(list(letterboxed))
+
+    def letterbox_batch(self, frames: list[NDArray[np.uint8]]) -> tuple[NDArray[np.uint8], list[Letterbox]]:
+        """Letterbox ``frames`` into one ``uint8 [B, H, W, 3]`` batch; returns it with each frame's geometry."""
         h, w = self.input_hw
         staging = np.empty((len(frames), h, w, 3), np.uint8)
         geometries = [self.letterbox_one(f, staging[i])[1] for i, f in enumerate(frames)]
+        return staging, geometries
+
+    def batch(self, frames: list[NDArray[np.uint8]]) -> tuple[NDArray[np.floating], list[Letterbox]]:
+        """Letterbox and normalize ``frames`` into one float input tensor (:meth:`to_tensor`, whatever
+        ``in_model`` says: calibration feeds the float model); returns it with each frame's geometry."""
+        staging, geometries = self.letterbox_batch(frames)
         return self.to_tensor(staging), geometries

@@ -43,8 +43,8 @@ def test_truncated_jpeg_is_rejected_or_decoded_partially_never_crashes() -> None
 def test_grayscale_where_colour_is_expected() -> None:
     gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
     np.testing.assert_array_equal(decode_image(encoded(".png", gray), LIMIT), np.dstack([gray] * 3))  # encoded: BGR
-    with pytest.raises(InvalidFrameError, match="grayscale"):  # a raw array is the caller's to convert
-        check_frame(np.zeros((8, 8), np.uint8), LIMIT)
+    for raw in (gray, gray[..., None]):  # raw arrays are converted too (IR / night cameras)
+        np.testing.assert_array_equal(check_frame(raw, LIMIT), np.dstack([gray] * 3))
 
 
 @pytest.mark.parametrize("frame, message", [
