@@ -1,6 +1,7 @@
-"""``trtserve bench hostile``: what hostile and overloading clients cost the others, against a real server.
+"""``trtserve bench hostile``: what hostile and flooding clients cost the others, against a real server.
 
-Three measurements, each side by side in one run against ``trtserve serve`` processes started here:
+Two measurements, each side by side in one run against ``trtserve serve`` processes started here (goodput under
+overload, per overload policy, is ``trtserve bench overload``'s, which uses this module's unary load):
 
 * **interference**: a well-behaved camera (one StreamDetect call, paced) alone, then beside two clients sending
   decoder bombs (``bombs``) at about 1 KB/s each; alternated ``repeats`` times, medians of the camera's p50;
@@ -8,9 +9,7 @@ Three measurements, each side by side in one run against ``trtserve serve`` proc
   calls: how fast a refused frame is answered RESOURCE_EXHAUSTED (p50 / p99), the calls per second the server
   answered, and that every call got an answer. With closed-loop callers a refusal's latency is at least
   concurrency / calls per second (Little's law): past a few callers it measures gRPC's per-call cost, not the
-  refusal;
-* **overload**: the peak throughput of closed-loop streams, then unary calls offered open-loop at 2x and 4x that
-  rate: goodput (answered OK per second) / peak, the refusals' latency, and frames lost (must be 0).
+  refusal.
 """
 
 from __future__ import annotations
@@ -59,26 +58,11 @@ class FloodReport(JsonReport):
 
 
 @dataclass(frozen=True)
-class OverloadRow(JsonReport):
-    offered_x_peak: float
-    offered_fps: float
-    goodput_fps: float
-    goodput_ratio: float  # goodput / peak (target >= 0.9 at 2x)
-    refused: int
-    refusal_p50_ms: float
-    refusal_p99_ms: float
-    ok_p50_ms: float
-    lost: int
-
-
-@dataclass(frozen=True)
 class HostileReport(JsonReport):
     model: str
     precision: str
     interference: InterferenceReport
     flood: tuple[FloodReport, ...]
-    peak_fps: float
-    overload: tuple[OverloadRow, ...]
 
 
 def _ms(values: Sequence[float], q: float) -> float:
@@ -253,16 +237,6 @@ def run(repository: Path | None, model: str, precision: str = "fp32", seconds: f
                 round(alone * 1000, 2), round(beside * 1000, 2), round(beside / alone, 3), len(bomb_answers),
                 sum(code == "INVALID_ARGUMENT" for code, _ in bomb_answers),
                 _ms([t for _, t in bomb_answers], 50), repeats)
-            peak_run = asyncio.run(_unary_load(address, model, frames, None, 32, seconds))
-            peak = len(peak_run["OK"]) / seconds  # type: ignore[arg-type]
-            rows = []
-            for factor in (2.0, 4.0):
-                load = asyncio.run(_unary_load(address, model, frames, factor * peak, 0, seconds))
-                ok, refused = load["OK"], load["RESOURCE_EXHAUSTED"]
-                assert isinstance(ok, list) and isinstance(refused, list)
-                rows.append(OverloadRow(factor, round(factor * peak, 1), round(len(ok) / seconds, 1),
-                                        round(len(ok) / seconds / peak, 3), len(refused), _ms(refused, 50),
-                                        _ms(refused, 99), _ms(ok, 50), int(load["lost"])))  # type: ignore[arg-type]
         finally:
             stop_server_process(server)
         queue = 4
@@ -273,4 +247,4 @@ def run(repository: Path | None, model: str, precision: str = "fp32", seconds: f
                                   seconds) for n in flood_calls)
         finally:
             stop_server_process(server)
-    return HostileReport(model, precision, interference, floods, round(peak, 1), tuple(rows))
+    return HostileReport(model, precision, interference, floods)

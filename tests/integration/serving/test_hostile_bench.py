@@ -11,6 +11,4 @@ def test_the_hostile_bench_answers_every_call_and_refuses_every_bomb() -> None:
     assert i.good_p50_ms_alone > 0 and i.good_p50_ms_beside_bombs > 0
     (f,) = report.flood
     assert f.calls_per_s > 0 and f.lost == 0 and f.other_errors == 0 and f.refused > 0 and f.ok > 0
-    assert report.peak_fps > 0 and [r.offered_x_peak for r in report.overload] == [2.0, 4.0]
-    assert all(r.lost == 0 for r in report.overload)
-    assert set(report.as_dict()) == {"model", "precision", "interference", "flood", "peak_fps", "overload"}
+    assert set(report.as_dict()) == {"model", "precision", "interference", "flood"}
