@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtserve.cli.common import Subcommands, emit
+from trtserve.cli.evaluate import add_dataset_options
 from trtserve.errors import UsageError
+
+if TYPE_CHECKING:
+    from trtserve.datasets.labelled import LabelledDataset
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -19,6 +24,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.images is None) == (args.video is None):
         raise UsageError("give exactly one of --images DIR or --video FILE (or --from-server ADDR)")
     config = ModelRepository(args.repository).get(args.model)
+    dataset = _eval_dataset(args, config.class_names)  # bad labels fail before calibrating, not after
     source = (FrameSource.from_images(args.images, args.num) if args.images is not None
               else FrameSource.from_video(args.video, args.num))
     report = run_calibration(config, source, args.method, args.batch, args.percentile, tuple(args.trt_version),
@@ -34,8 +40,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         e = report.evaluation
         text += (f"\nmAP50-95 fp32 {e.map50_95_fp32:.4f} int8 {e.map50_95_int8:.4f}; "
                  f"int8 agreement with fp32 F1 {e.agreement_f1}")
-    emit(report.as_dict(), args.json, text)
+    payload = report.as_dict()
+    if dataset is not None:
+        from trtserve.calibration.dataset_eval import evaluate_dataset
+
+        on_data = evaluate_dataset(ModelRepository(args.repository).get(args.model), dataset, ("fp32", "int8"),
+                                   progress=not args.json)
+        payload["evaluation_data"] = on_data.as_dict()
+        text += "\n" + on_data.describe()
+    emit(payload, args.json, text)
     return 0
+
+
+def _eval_dataset(args: argparse.Namespace, class_names: tuple[str, ...]) -> LabelledDataset | None:
+    """The labelled dataset ``--eval-data`` names (see ``trtserve eval --data``), read and checked; None without."""
+    if args.eval_data is None:
+        return None
+    from trtserve.datasets.labelled import open_dataset
+
+    return open_dataset(args.eval_data, args.eval_annotations, class_names, args.eval_split)
 
 
 def _from_server(args: argparse.Namespace, reload: bool) -> int:
@@ -101,6 +124,7 @@ def register(sub: Subcommands) -> None:
                    help="also write a TensorRT calibration cache for this version (repeatable)")
     p.add_argument("--eval-images", type=int, default=0,
                    help="after calibrating, compare FP32 and INT8 on this many held-out synthetic images")
+    add_dataset_options(p, prefix="eval-")  # --eval-data: FP32 vs INT8 on your labelled frames after calibrating
     p.add_argument("--auto-exclude", action="store_true",
                    help="keep the fewest most-sensitive layers float until INT8 meets --target-agreement")
     p.add_argument("--target-agreement", type=float, default=0.97,

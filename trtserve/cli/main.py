@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trtserve import __version__
-from trtserve.cli import bench, build, calibrate, models, serve
+from trtserve.cli import bench, build, calibrate, detect, evaluate, models, serve
 from trtserve.cli.common import EXIT_USER_ERROR
 from trtserve.errors import TrtserveError
 
-GROUPS = (models, calibrate, build, serve, bench)
+GROUPS = (models, detect, evaluate, calibrate, build, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in GROUPS:  # in the order of the stages: models, calibrate, build, serve, bench
         group.register(sub)
+    for command in sub.choices.values():  # `trtserve eval --repository DIR` as well as `trtserve --repository DIR eval`
+        if "--repository" not in command._option_string_actions:  # argparse has no public "has option"
+            command.add_argument("--repository", type=Path, default=argparse.SUPPRESS, help="model repository folder")
     return parser
 
 

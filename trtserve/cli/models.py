@@ -1,4 +1,4 @@
-"""``trtserve models | detect | eval | scenes``: the model repository, detection and accuracy in this process."""
+"""``trtserve models | scenes``: the model repository (``detect``: detect.py, ``eval``: evaluate.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit, model_command, open_detector
+from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
 from trtserve.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -16,15 +16,12 @@ logger = logging.getLogger(__name__)
 def cmd_models(args: argparse.Namespace) -> int:
     if args.server is not None or args.action is not None:
         return _control(args)
+    from trtserve.cli.model_check import check_models, describe
     from trtserve.repository import ModelRepository
 
-    rows: list[dict[str, Any]] = [{"name": c.name, "head": c.head.type, "precisions": c.available_precisions(),
-             "input": [c.input.height_px, c.input.width_px], "classes": len(c.class_names),
-             "max_batch_size": c.max_batch_size} for c in ModelRepository(args.repository).all()]
-    lines = [f"{r['name']:<20} head={r['head']:<8} input={r['input'][0]}x{r['input'][1]} "
-             f"classes={r['classes']} precisions={','.join(r['precisions'])}" for r in rows]
-    emit(rows, args.json, "\n".join(lines) or "(no models)")
-    return 0
+    rows: list[dict[str, Any]] = check_models(ModelRepository(args.repository))
+    emit(rows, args.json, describe(rows))
+    return 0 if all(r["ok"] for r in rows) else EXIT_USER_ERROR
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -48,57 +45,6 @@ def token_from(args: argparse.Namespace) -> str | None:
     return token
 
 
-def cmd_detect(args: argparse.Namespace) -> int:
-    import cv2
-
-    from trtserve.vision.draw import annotate
-
-    if args.out is not None and len(args.images) != 1:
-        raise UsageError("--out takes exactly one IMAGE; run once per image or drop --out")
-    with open_detector(args) as detector:
-        thresholds = detector.with_thresholds(score=args.score_threshold)
-        blobs = []
-        for path in args.images:
-            try:
-                blobs.append(Path(path).read_bytes())
-            except OSError as exc:
-                blobs.append(b"")
-                logger.debug("cannot read %s: %s", path, exc)
-        results = detector.detect(blobs, thresholds)
-        payload, lines, failed = [], [], 0
-        names = detector.config.class_names
-        for path, blob, result in zip(args.images, blobs, results):
-            if result.detections is None:
-                failed += 1
-                reason = "cannot read file" if not blob else str(result.error)
-                payload.append({"image": path, "error": reason})
-                lines.append(f"{path}: error: {reason}")
-                continue
-            det = result.detections
-            items = [{"label": names[int(c)], "class_id": int(c), "score": round(float(s), 4),
-                      "box_xyxy": [round(float(v), 1) for v in b]}
-                     for b, s, c in zip(det.boxes_xyxy, det.scores, det.class_ids)]
-            payload.append({"image": path, "detections": items})
-            lines.append(f"{path}: {len(items)} detections")
-            lines += [f"  {d['label']:<10} {d['score']:.2f} {d['box_xyxy']}" for d in items]
-            if args.out is not None:
-                frame = detector.prepare(blob)
-                if not cv2.imwrite(str(args.out), annotate(frame, det, names)):
-                    raise UsageError(f"cannot write {args.out}; check the folder exists and the extension")
-        emit(payload, args.json, "\n".join(lines))
-    return EXIT_USER_ERROR if failed else 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from trtserve.calibration.evaluation import evaluate
-
-    with open_detector(args) as detector:
-        result = evaluate(detector, args.images)
-    emit(result.as_dict(), args.json, f"{args.model} {result.precision}: mAP50 {result.map50:.4f}  "
-                                       f"mAP50-95 {result.map50_95:.4f}  ({result.images} images, {result.seconds} s)")
-    return 0
-
-
 def cmd_scenes(args: argparse.Namespace) -> int:
     from trtserve.datasets.synthetic import CALIBRATION_SEED, render_scene, write_coco
 
@@ -118,18 +64,6 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--token", help="bearer token for a server with tokens (default: $TRTSERVE_TOKEN)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
-
-    p = model_command(sub, "detect", "detect objects in images")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", type=Path, help="write the annotated image here (one IMAGE only)")
-    p.add_argument("--score-threshold", type=float, default=None)
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
-    p.set_defaults(func=cmd_detect)
-
-    p = model_command(sub, "eval", "COCO mAP on the held-out synthetic set")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
-    p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("scenes", help="write synthetic scenes (PNG + COCO annotations), e.g. to calibrate with")
     p.add_argument("--out", type=Path, required=True)
