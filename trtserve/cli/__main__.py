@@ -2,6 +2,6 @@
 
 import sys
 
-from trtserve.cli.main import main
+from trtserve.cli.parser import main
 
 sys.exit(main())

@@ -2,7 +2,6 @@
 --classes / --iou-threshold; models checked (broken ones marked, auto heads resolved); --repository after the
 subcommand; stream refusing what is not a video; one --server name."""
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -111,9 +110,9 @@ def test_stream_refuses_a_source_that_is_not_a_video(tmp_path: Path, capsys: pyt
 
 
 def test_repository_after_the_subcommand_and_one_server_name() -> None:
-    # imported here: importing trtserve.cli.main at collection would shadow the trtserve.cli.main function that
-    # other test modules import by name
-    parser = importlib.import_module("trtserve.cli.main").build_parser()
+    from trtserve.cli.parser import build_parser
+
+    parser = build_parser()
     for argv in (["eval", "--repository", "X"], ["--repository", "X", "eval"], ["models", "--repository", "X"],
                  ["calibrate", "m", "--images", "i", "--repository", "X"],
                  ["build", "m", "--precision", "fp32", "--repository", "X"]):
