@@ -32,8 +32,8 @@ def test_finds_the_objects_of_held_out_scenes(shapes: Detector) -> None:
 def test_a_bad_frame_fails_alone(shapes: Detector) -> None:
     good = next(s for s in evaluation_set(20) if len(s.class_ids) >= 3).image_bgr
     _ok, png = cv2.imencode(".png", good)
-    frames = [good, b"\xff\xd8\xff garbage", np.zeros((32, 32), np.uint8), png.tobytes(),
-              np.zeros((0, 5, 3), np.uint8)]
+    frames = [good, b"\xff\xd8\xff garbage", np.zeros((32, 32, 3), np.float32), png.tobytes(),
+              np.zeros((0, 5, 3), np.uint8)]  # (grayscale frames are converted now: tests/unit/vision)
     results = shapes.detect(frames)
     assert [r.ok for r in results] == [True, False, False, True, False]
     assert all(isinstance(r.error, InvalidFrameError) for r in results if not r.ok)
