@@ -75,6 +75,12 @@ def rate_limit_native_stderr(prefixes: tuple[str, ...] = NATIVE_DECODER_WARNINGS
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    def passthrough(data: bytes) -> None:
+        try:
+            os.write(original, data)
+        except OSError:  # the terminal or the collector went away: keep draining, or every writer to fd 2 blocks
+            pass
+
     def pump() -> None:
         with os.fdopen(read_end, "rb", buffering=0) as source:
             pending = b""
@@ -85,11 +91,14 @@ def rate_limit_native_stderr(prefixes: tuple[str, ...] = NATIVE_DECODER_WARNINGS
                     text = line.decode("utf-8", "replace")
                     prefix = next((p for p in prefixes if text.lstrip().startswith(p)), None)
                     if prefix is None:
-                        os.write(original, line + b"\n")
+                        passthrough(line + b"\n")
                     else:
-                        limited.warning(prefix, "native decoder: %s", text.strip()[:200])
+                        try:
+                            limited.warning(prefix, "native decoder: %s", text.strip()[:200])
+                        except Exception:  # the filter must outlive any logging failure
+                            pass
             if pending:
-                os.write(original, pending)
+                passthrough(pending)
 
     thread = threading.Thread(target=pump, name="trtserve-stderr-filter", daemon=True)
     thread.start()
@@ -97,6 +106,8 @@ def rate_limit_native_stderr(prefixes: tuple[str, ...] = NATIVE_DECODER_WARNINGS
     def restore() -> None:
         os.dup2(original, 2)  # closes the pipe's last write end: the pump drains and stops
         thread.join(timeout=2.0)
+        if thread.is_alive():  # a child process still holds the pipe: leave the pump its descriptor
+            return
         os.close(original)
         out.removeHandler(handler)
         handler.close()

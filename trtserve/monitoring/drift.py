@@ -138,8 +138,13 @@ class _ShadowProcess:
         self._conn, child = ctx.Pipe()
         # daemon: it ends with the server; and it ends itself on EOF when the server dies first
         self.process = ctx.Process(target=shadow_main, args=(child, setup), name=name, daemon=True)
-        self.process.start()
-        child.close()  # the server keeps only its own end, so the shadow's death is EOF here
+        try:
+            self.process.start()
+        except BaseException:
+            self._conn.close()
+            raise
+        finally:
+            child.close()  # the server keeps only its own end, so the shadow's death is EOF here
 
     @property
     def pid(self) -> int | None:
@@ -445,7 +450,18 @@ class DriftMonitor:
         with self._lock:
             if self._closing:
                 return
-        process = _ShadowProcess(self._setup, f"trtserve-shadow-{name}")  # not under the lock: offer() never waits
+        try:  # not under the lock: offer() never waits
+            process = _ShadowProcess(self._setup, f"trtserve-shadow-{name}")
+        except Exception as exc:  # the spawn itself (EMFILE, EAGAIN, ENOMEM): a failed start, tried again later
+            with self._lock:
+                delay_s = self._schedule.after_failed_start()
+                self._retry_at = time.monotonic() + delay_s
+                self._failed_starts += 1
+                first = self._failed_starts == 1
+            logger.log(logging.WARNING if first else logging.DEBUG,
+                       "model %s: the drift shadow process could not be spawned (%s: %s); trying again in %.1f s",
+                       name, type(exc).__name__, exc, delay_s)
+            return
         with self._lock:
             self._starting = process
             closing = self._closing

@@ -55,7 +55,7 @@ from trtserve.logs import RateLimitedLog
 from trtserve.monitoring.metrics import Metrics
 from trtserve.serving.kserve_dataplane import KServeDataPlane, serialize_bytes
 from trtserve.serving.protocol import public_reason
-from trtserve.serving.security import HEALTH_SERVICE, TlsSettings, TokenAuthInterceptor, TokenSource
+from trtserve.serving.security import HEALTH_SERVICE, TlsSettings, TokenAuthInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,16 @@ def _numbers(message: Message, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flatten(data: Any) -> Iterator[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+    """Nested JSON lists, depth first, without recursion (a hostile body nests as deep as json.loads allows)."""
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
 
 
 def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str, default: Any = None) -> Any:
@@ -185,6 +190,9 @@ def parse_http_infer(body: bytes, header_length: str | None, model: str, version
         document = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidFrameError(f"the request's JSON does not parse: {clip(str(exc))}") from None
+    except RecursionError:
+        raise InvalidFrameError("the request's JSON nests too deeply to parse; a KServe v2 request nests a few "
+                                "levels") from None
     if not isinstance(document, dict):
         raise InvalidFrameError("the request's JSON must be an object with 'inputs'")
     request = kpb.ModelInferRequest(model_name=model, model_version=version)
@@ -200,8 +208,8 @@ def parse_http_infer(body: bytes, header_length: str | None, model: str, version
         name = _get(spec, "name", str, what, "")
         datatype = _get(spec, "datatype", str, what, "")
         shape = _get(spec, "shape", list, what, [])
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise InvalidFrameError(f"input {clip(name)}: shape must be a list of non-negative integers")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 63 for d in shape):
+            raise InvalidFrameError(f"input {clip(name)}: shape must be a list of non-negative 64-bit integers")
         tensor = kpb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
         parameters = spec.get("parameters")
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
@@ -316,13 +324,15 @@ class HttpService:
     :meth:`stop` stops accepting and lets requests in progress finish within ``grace_period_s``."""
 
     def __init__(self, dataplane: KServeDataPlane, metrics: Metrics, max_message_bytes: int,
-                 tls: TlsSettings | None = None, tokens: TokenSource | None = None,
+                 tls: TlsSettings | None = None, auth: TokenAuthInterceptor | None = None,
                  exempt_services: Sequence[str] = (HEALTH_SERVICE,), grace_period_s: float = 10.0) -> None:
+        """``auth``: the gRPC port's own token check (None: no tokens), so both ports share one policy and one log
+        of refusals."""
         self.dataplane = dataplane
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
         self._tls = tls
-        self._auth = TokenAuthInterceptor(tokens, tuple(exempt_services)) if tokens is not None else None
+        self._auth = auth
         self._health_open = HEALTH_SERVICE in exempt_services or KSERVE_SERVICE in exempt_services
         self._all_open = KSERVE_SERVICE in exempt_services
         self._grace_period_s = grace_period_s

@@ -223,15 +223,28 @@ class _Intake:
         while not self.drain.draining:
             task = asyncio.current_task()
             assert task is not None
+            # the read is shielded: a drain that cancels this wait just after a message arrived (before this task
+            # resumed) must not lose that message — it is read, answered, and the stream stops after it
+            pending = asyncio.ensure_future(iterator.__anext__())
             self.drain._readers.add(task)
             try:
-                request = await iterator.__anext__()
+                request = await asyncio.shield(pending)
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
                 if not self.drain.draining:
+                    pending.cancel()
                     raise
-                break  # cancelled by the drain: stop reading, the handler answers what it has
+                for _ in range(3):  # a message already received completes the read within a few loop steps
+                    if pending.done():
+                        break
+                    await asyncio.sleep(0)
+                if pending.done() and not pending.cancelled() and isinstance(pending.exception(), StopAsyncIteration):
+                    return  # the client had ended its stream: nothing was cut
+                if not pending.done() or pending.cancelled() or pending.exception() is not None:
+                    pending.cancel()
+                    break  # cancelled by the drain while waiting: stop reading, the handler answers what it has
+                request = pending.result()  # it had arrived: answered like the ones before it
             finally:
                 self.drain._readers.discard(task)
             if isinstance(request, BadMessage):

@@ -62,6 +62,7 @@ class Server:
         self._metrics_http: Any = None
         self._device_collectors: list[Any] = []
         self._tokens: TokenSource | None = None  # with auth on; re-read on change and on SIGHUP
+        self._auth: TokenAuthInterceptor | None = None
         # loads, unloads and reloads models in self._pipelines, at start and while serving (model_control.py)
         self.models = ModelControl(self._pipelines, self.repository, self._open, self._model_health, self.metrics,
                                    settings.grace_period_s, settings.model_control)
@@ -81,7 +82,7 @@ class Server:
                 self._device_collectors = device_collectors(self.metrics.registry, s.device_metrics)
             await self._start_grpc()
             if s.http_port is not None:
-                self._http = HttpService(self._kserve, self.metrics, s.max_message_bytes, s.tls, self._tokens,
+                self._http = HttpService(self._kserve, self.metrics, s.max_message_bytes, s.tls, self._auth,
                                          s.auth_exempt, s.grace_period_s)
                 self.http_port = await self._http.start(s.host, s.http_port)
         except BaseException:
@@ -125,10 +126,10 @@ class Server:
                                "the frames the drift shadow compared, so it stays empty; enable drift", name)
             drift = await asyncio.to_thread(self._drift_monitor, detector, spec, loop, reservoir)
             pipeline = Pipeline(detector, self._executor, batcher, self.metrics, drift)
-        except BaseException:
+        except BaseException:  # closing waits for the shadow and the runtime: off the loop the others serve on
             if drift is not None:
-                drift.close()
-            detector.close()
+                await asyncio.to_thread(drift.close)
+            await asyncio.to_thread(detector.close)
             raise
         self.metrics.build_info.labels(name, detector.precision, __version__, detector.backend.name,
                                        detector.backend.runtime_version, detector.backend.device).set(1)
@@ -171,7 +172,8 @@ class Server:
             MetricsInterceptor(self.metrics), IntakeInterceptor(served, s.max_message_bytes, self._drain)]
         if s.tokens_file is not None:
             self._tokens = TokenSource(s.tokens_file)
-            interceptors.append(TokenAuthInterceptor(self._tokens, s.auth_exempt))
+            self._auth = TokenAuthInterceptor(self._tokens, s.auth_exempt)  # the HTTP port checks through it too
+            interceptors.append(self._auth)
         server = grpc.aio.server(options=options, interceptors=interceptors)
         self.detection_service = ControlledDetectionService(self._pipelines, self.settings.models[0],
                                                             s.stream_max_in_flight, self.models)
@@ -215,12 +217,16 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._drain.start()  # open streams read no more: they answer what they read, then end UNAVAILABLE
         # new calls are refused at once (both ports); calls already here keep their pipelines until they finish
-        await asyncio.gather(*([self._server.stop(self.settings.grace_period_s)] if self._server is not None else []),
+        server, self._server = self._server, None
+        await asyncio.gather(*([server.stop(self.settings.grace_period_s)] if server is not None else []),
                              *([self._http.stop()] if self._http is not None else []))
         await self.models.close()  # a reload under way finishes first; then every pipeline is in the mapping
         await self._release()
 
     async def _release(self) -> None:
+        if self._server is not None:  # a start that failed after gRPC began listening (e.g. the HTTP port taken)
+            await self._server.stop(0)
+            self._server = None
         if self._http is not None:
             await self._http.stop()
             self._http = None

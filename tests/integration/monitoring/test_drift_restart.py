@@ -119,3 +119,38 @@ def test_closing_while_the_shadow_restarts_leaves_no_shadow_behind(caplog: pytes
     assert sample(metrics, "trtserve_drift_shadow_up") == 0
     assert not [r for r in caplog.records if "is back" in r.getMessage()]
     assert not [c for c in multiprocessing.active_children() if c.name.startswith("trtserve-shadow-")]
+
+
+def test_a_shadow_that_cannot_even_be_spawned_is_tried_again(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The spawn itself failing (out of file descriptors, processes, memory) is a failed start like any other:
+    the monitor keeps trying with backoff instead of stopping for good."""
+    import errno
+
+    import trtserve.monitoring.drift as drift
+
+    real = drift._ShadowProcess
+    spawns = {"n": 0}
+
+    def spawn(*args, **kwargs):  # type: ignore[no-untyped-def]
+        spawns["n"] += 1
+        if spawns["n"] == 2:  # the first restart: no process can be made
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift, "_ShadowProcess", spawn)
+    spec = DriftSpec(enabled=True, sample_rate=1.0)
+    caplog.set_level(logging.INFO, logger="trtserve.monitoring.drift")
+    with Detector.open(ModelRepository(ENGINES).get("shapes"), "int8") as detector:
+        monitor = DriftMonitor.open(detector, spec, Metrics(process=False), lambda _: None,
+                                    RestartBackoff(initial_s=0.05, max_s=0.2, reset_after_s=30.0, poll_s=0.02))
+        try:
+            first = monitor.shadow_pid
+            os.kill(first or 0, signal.SIGKILL)
+            assert monitor.wait_shadow(up=False, timeout_s=10)
+            assert monitor.wait_shadow(up=True, timeout_s=60)  # after the failed spawn, the next one
+            assert spawns["n"] >= 3 and monitor.shadow_pid not in (None, first)
+        finally:
+            monitor.close()
+    assert any("could not be spawned" in r.getMessage() and "Too many open files" in r.getMessage()
+               for r in caplog.records)

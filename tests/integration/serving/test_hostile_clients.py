@@ -215,3 +215,24 @@ def test_a_huge_model_name_is_not_echoed_whole() -> None:
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and len(info.value.details()) < 300
 
     asyncio.run(serving(test))
+
+
+def test_a_start_that_fails_after_grpc_listens_leaves_nothing_listening() -> None:
+    """The HTTP port taken: the start fails with the port named, and the gRPC port it had bound is free again."""
+    import socket
+
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            http_port = taken.getsockname()[1]
+            server = Server(ServerSettings(grpc_port=0, metrics_port=None, http_port=http_port),
+                            ModelRepository(ENGINES))
+            with pytest.raises(ConfigError, match=str(http_port)):
+                await server.start()
+            grpc_port = server.port
+        assert grpc_port
+        with socket.socket() as probe:  # nothing answers on the gRPC port any more
+            assert probe.connect_ex(("127.0.0.1", grpc_port)) != 0
+
+    asyncio.run(main())

@@ -103,3 +103,25 @@ def test_http_port_defaults_to_8000_for_serve_and_off_in_code(tmp_path: Path) ->
     config.write_text("http_port: 70000\n")
     with pytest.raises(ConfigError, match=r"server.yaml: key 'http_port' has value 70000"):
         load_server_settings(config, environ={})
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"inputs": [{"name": "IMAGE", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 100_000 + b"]" * 100_000
+     + b"}]}", "nests too deeply"),
+    (b'{"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [100000000000000000000000], "data": []}]}',
+     "64-bit integers"),
+])
+def test_a_hostile_body_is_invalid_argument_not_an_internal_error(body: bytes, message: str) -> None:
+    """Found by review: RecursionError from json.loads and protobuf's ValueError for a huge dimension escaped as
+    500 INTERNAL with a traceback per request."""
+    with pytest.raises(InvalidFrameError, match=message):
+        parse_http_infer(body, None, "shapes", "")
+
+
+def test_deeply_nested_numeric_data_flattens_without_recursion() -> None:
+    from trtserve.serving.http_service import _flatten
+
+    nested: list = [7]
+    for _ in range(5000):  # deeper than Python's recursion limit
+        nested = [nested, 1]
+    assert list(_flatten(nested)) == [7] + [1] * 5000

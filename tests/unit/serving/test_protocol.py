@@ -125,3 +125,36 @@ def test_drop_oldest_per_call_bound_keeps_every_stream_served() -> None:
     for lane in "ab":
         mine = [i for name, i in started if name == lane]
         assert len(mine) >= 3 and mine[-1] == 9  # served all along, and its newest frame last
+
+
+def test_a_drain_that_lands_as_a_message_arrives_still_answers_that_message() -> None:
+    """The drain cancels a reader waiting for the next request; a request that arrived in the same loop step must
+    be read and answered, not lost between the transport and the handler."""
+    from trtserve.serving.protocol import Drain, _Intake
+
+    async def main() -> tuple[list[str], bool]:
+        drain = Drain()
+        intake = _Intake(drain)
+        arrived: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def source() -> AsyncIterator[str]:
+            yield "first"
+            yield await arrived  # the transport's read, completed by the "network" below
+
+        got: list[str] = []
+
+        async def reader() -> None:
+            async for request in intake.requests(source()):
+                got.append(request)
+
+        task = asyncio.create_task(reader())
+        while not got:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)  # the reader now waits for the second message
+        arrived.set_result("second")  # it arrives ...
+        drain.start()  # ... and the drain cancels the wait in the same step
+        await task
+        return got, intake.drained
+
+    got, drained = asyncio.run(main())
+    assert got == ["first", "second"] and drained
