@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from trtserve.config import ModelConfig, load_model_config
-from trtserve.errors import ConfigError, ModelNotFoundError
+from trtserve.errors import ConfigError, ModelNotFoundError, clip
 
 CONFIG_FILE = "model.yaml"
 
@@ -32,10 +32,24 @@ class ModelRepository:
                               "or set TRTSERVE_MODEL_REPOSITORY")
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
 
+    def check(self, name: str) -> None:
+        """ModelNotFoundError unless ``name`` is one of :meth:`names` (a folder name: never a path such as
+        ``../x``). The message clips ``name`` and lists the models, never the repository's path on this host: a
+        server answers a client's model name with it (a repository that cannot be read counts as empty)."""
+        try:
+            names = self.names()
+        except ConfigError:
+            names = []
+        self._known(name, names)
+
+    @staticmethod
+    def _known(name: str, names: list[str]) -> None:
+        if name not in names:
+            raise ModelNotFoundError(f"no model {clip(name)} in the model repository; available: {names or 'none'}")
+
     def get(self, name: str) -> ModelConfig:
+        self._known(name, self.names())  # a missing repository: ConfigError naming it (the CLI's case)
         path = self.root / name / CONFIG_FILE
-        if not path.is_file():
-            raise ModelNotFoundError(f"no model '{name}' in {self.root}; available: {self.names() or 'none'}")
         config = load_model_config(path)
         if config.name != name:
             raise ConfigError(f"{path}: key 'name' has value {config.name!r}; expected {name!r} "

@@ -5,9 +5,11 @@ The transport is the caller's (a ``fetch`` callable; the CLI's is gRPC), so this
 calibration stage. What it guarantees:
 
 * **A pull is resumable and never used half-done.** Frames land one file each (``<id>.png``, written atomically,
-  its sha256 checked) in the pull folder beside ``pull.json`` (server, model, the snapshot's last id, the last id
-  received, ``complete``). An interrupted pull raises; the next :func:`pull_reservoir` on the same folder resumes
-  after the last id received, up to the same snapshot. :func:`pulled_frames` refuses a pull that is not complete.
+  its sha256 checked) in the pull folder beside ``pull.json`` (server, model, the reservoir's id, the snapshot's
+  last id, the last id received, ``complete``). An interrupted pull raises; the next :func:`pull_reservoir` on
+  the same folder resumes after the last id received, up to the same snapshot — of the same reservoir: frames
+  from another one (another replica behind the same address, or the server restarted) are refused, never mixed
+  in. :func:`pulled_frames` refuses a pull that is not complete.
 * **Calibration never touches the serving files until it is judged.** :func:`recalibrate_staged` calibrates a
   copy of the model's folder (``<model>/.staging``: a dot-folder, which the repository poll ignores), then scores
   old and new INT8 against FP32 on the reservoir frames: detection agreement F1 (FP32 as reference) and mAP50-95
@@ -50,6 +52,7 @@ class PulledFrame:
     sha256: str
     snapshot_last_id: int
     remaining: int
+    reservoir_id: str = ""  # the server's reservoir instance (empty from a server that does not say)
 
 
 # (after_id, up_to_id) -> the frames of one bounded call, in id order; raises on a broken connection
@@ -85,7 +88,8 @@ def pull_reservoir(directory: Path, server: str, model: str, fetch: Fetch) -> Pu
     if not resumed:  # a new pull: what an earlier one left is not today's reservoir
         for old in directory.glob("*.png"):
             old.unlink()
-        state = {"server": server, "model": model, "snapshot_last_id": 0, "last_id": 0, "complete": False}
+        state = {"server": server, "model": model, "reservoir_id": "", "snapshot_last_id": 0, "last_id": 0,
+                 "complete": False}
     last, snapshot = int(state["last_id"]), int(state["snapshot_last_id"])  # type: ignore[call-overload]
     received = 0
 
@@ -99,6 +103,14 @@ def pull_reservoir(directory: Path, server: str, model: str, fetch: Fetch) -> Pu
             got = 0
             finished = False
             for frame in fetch(last, snapshot):
+                if state.get("reservoir_id") and frame.reservoir_id != state["reservoir_id"]:
+                    raise CalibrationInputError(
+                        f"the pull in {directory} started on reservoir {state['reservoir_id']} of {server}, but "
+                        f"{server} now answers from reservoir {frame.reservoir_id or '(unnamed)'}: another replica "
+                        "behind the address, or the server restarted; frames of two reservoirs are never mixed. "
+                        f"Pull from one server (a pod's own address), or delete {directory / STATE_FILE} to start "
+                        "the pull over")
+                state["reservoir_id"] = frame.reservoir_id
                 if hashlib.sha256(frame.png).hexdigest() != frame.sha256:
                     raise CalibrationInputError(f"frame {frame.id} from {server} arrived damaged (sha256 mismatch); "
                                                 "run the command again to resume the pull")
@@ -146,6 +158,7 @@ class RecalibrationReport(JsonReport):
     better: bool  # new agreement exceeds old by more than min_gain
     min_gain: float
     staging: str
+    calibration: JsonReport | None = None  # the staged calibration's report (calibration.report.json)
 
 
 def _frame_paths(reservoir: list[Path], images: Path | None, num_images: int) -> list[Path]:
@@ -202,9 +215,11 @@ def stage(config: ModelConfig) -> ModelConfig:
 
 def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path | None = None,
                        num_images: int = 0, method: str = "entropy", trt_versions: tuple[str, ...] = (),
-                       min_gain: float = 0.0, progress: bool = False) -> RecalibrationReport:
+                       min_gain: float = 0.0, progress: bool = False, batch: int | None = None,
+                       percentile: float = 99.99, auto_exclude_target: float | None = None) -> RecalibrationReport:
     """Calibrate a staged copy of ``config`` on the reservoir frames (and ``num_images`` of ``images``), and score
-    old and new INT8 against FP32 on the reservoir frames. The model's own files are not touched."""
+    old and new INT8 against FP32 on the reservoir frames. The model's own files are not touched. ``batch``,
+    ``percentile`` and ``auto_exclude_target`` are :func:`~trtserve.calibration.run.run_calibration`'s."""
     from trtserve.calibration.run import run_calibration
 
     if not reservoir:
@@ -213,11 +228,13 @@ def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path 
     staged = stage(config)
     paths = _frame_paths(reservoir, images, num_images)
     source = FrameSource(paths=paths, limit=len(paths))
-    run_calibration(staged, source, method, None, 99.99, trt_versions, progress=progress)
+    calibration = run_calibration(staged, source, method, batch, percentile, trt_versions, progress=progress,
+                                  auto_exclude_target=auto_exclude_target)
     staged = load_model_config(staged.source_file or Path())
     old, new = score_int8(config, config, reservoir), score_int8(config, staged, reservoir)
     report = RecalibrationReport(config.name, len(reservoir), len(paths) - len(reservoir), old, new,
-                                 new.agreement_f1 > old.agreement_f1 + min_gain, min_gain, str(staged.directory))
+                                 new.agreement_f1 > old.agreement_f1 + min_gain, min_gain, str(staged.directory),
+                                 calibration)
     logger.info("model %s: INT8 agreement with FP32 on %d reservoir frames: serving %.4f, recalibrated %.4f",
                 config.name, len(reservoir), old.agreement_f1, new.agreement_f1)
     return report

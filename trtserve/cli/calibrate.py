@@ -64,18 +64,28 @@ def _eval_dataset(args: argparse.Namespace, class_names: tuple[str, ...]) -> Lab
 def _from_server(args: argparse.Namespace, reload: bool) -> int:
     """Pull the server's reservoir, calibrate a staged copy on it, compare, promote if better (and reload)."""
     from trtserve.calibration.from_server import promote, pull_reservoir, pulled_frames, recalibrate_staged
-    from trtserve.cli.models import token_from
+    from trtserve.cli.models import tls_ca_from, token_from
     from trtserve.cli.remote import RemoteServer
     from trtserve.repository import ModelRepository
 
     if args.video is not None:
         raise UsageError("--video cannot be mixed with --from-server; use --images DIR to mix in frames")
+    unsupported = [flag for flag, given in (("--eval-images", getattr(args, "eval_images", 0)),
+                                            ("--eval-data", getattr(args, "eval_data", None) is not None),
+                                            ("--eval-annotations", getattr(args, "eval_annotations", None) is not None))
+                   if given]
+    if unsupported:
+        raise UsageError(f"{' and '.join(unsupported)} cannot be combined with a calibration on the server's "
+                         "reservoir (it scores the new INT8 against FP32 on the reservoir frames itself); run "
+                         f"`trtserve eval` on the model afterwards instead")
     config = ModelRepository(args.repository).get(args.model)
     pull_dir = args.pull_dir or Path(".trtserve-pull") / args.model
-    with RemoteServer(args.from_server, token_from(args)) as server:
+    with RemoteServer(args.from_server, token_from(args), tls_ca_from(args)) as server:
         pulled = pull_reservoir(pull_dir, args.from_server, args.model, server.fetch(args.model))
         report = recalibrate_staged(config, pulled_frames(pull_dir), args.images, args.num if args.images else 0,
-                                    args.method, tuple(args.trt_version), args.min_gain, progress=not args.json)
+                                    args.method, tuple(args.trt_version), args.min_gain, progress=not args.json,
+                                    batch=args.batch, percentile=args.percentile,
+                                    auto_exclude_target=args.target_agreement if args.auto_exclude else None)
         dry_run = getattr(args, "dry_run", False)
         keep = report.better or getattr(args, "keep_worse", False)
         promoted = promote(config) if keep and not dry_run else []
@@ -102,8 +112,22 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
     return _from_server(args, reload=True)
 
 
+def _quantization_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=None, help="frames per batch (default: the model's fixed batch, or 8)")
+    p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z",
+                   help="also write a TensorRT calibration cache for this version (repeatable)")
+    p.add_argument("--auto-exclude", action="store_true",
+                   help="keep the fewest most-sensitive layers float until INT8 meets --target-agreement")
+    p.add_argument("--target-agreement", type=float, default=0.97,
+                   help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
+
+
 def _calibration_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--token", help="bearer token for the server (default: $TRTSERVE_TOKEN)")
+    from trtserve.cli.models import add_remote_options
+
+    add_remote_options(p)
     p.add_argument("--pull-dir", type=Path, default=None,
                    help="where pulled frames go (default ./.trtserve-pull/MODEL); an interrupted pull resumes there")
     p.add_argument("--min-gain", type=float, default=0.0,
@@ -117,18 +141,11 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--images", type=Path, help="folder of calibration images (searched recursively)")
     p.add_argument("--video", type=Path, help="a video; frames are spread over its length")
     p.add_argument("--num", type=int, default=500, help="frames to use (default 500; 300+ recommended)")
-    p.add_argument("--batch", type=int, default=None, help="frames per batch (default: the model's fixed batch, or 8)")
-    p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
-    p.add_argument("--percentile", type=float, default=99.99)
-    p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z",
-                   help="also write a TensorRT calibration cache for this version (repeatable)")
+    _quantization_options(p)
     p.add_argument("--eval-images", type=int, default=0,
-                   help="after calibrating, compare FP32 and INT8 on this many held-out synthetic images")
+                   help="after calibrating, compare FP32 and INT8 on this many held-out synthetic images "
+                        "(not with --from-server)")
     add_dataset_options(p, prefix="eval-")  # --eval-data: FP32 vs INT8 on your labelled frames after calibrating
-    p.add_argument("--auto-exclude", action="store_true",
-                   help="keep the fewest most-sensitive layers float until INT8 meets --target-agreement")
-    p.add_argument("--target-agreement", type=float, default=0.97,
-                   help="detection F1 vs FP32 on calibration frames that --auto-exclude aims for (default 0.97)")
     p.add_argument("--from-server", metavar="ADDR", default=None,
                    help="calibrate on the server's live-frame reservoir (mixed with --images when given); new files "
                         "replace the model's only when they agree better with FP32 on those frames")
@@ -142,8 +159,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--server", required=True, metavar="ADDR", help="the server (model_control: true, a reservoir)")
     p.add_argument("--images", type=Path, default=None, help="also calibrate on these frames (e.g. the original set)")
     p.add_argument("--num", type=int, default=500, help="at most this many --images frames (default 500)")
-    p.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
-    p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z")
+    _quantization_options(p)
     p.add_argument("--dry-run", action="store_true", help="pull, calibrate and compare; change nothing")
     _calibration_options(p)
     p.add_argument("--json", action="store_true")

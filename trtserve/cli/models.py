@@ -31,7 +31,7 @@ def _control(args: argparse.Namespace) -> int:
     if args.server is None or args.action is None or args.name is None:
         raise UsageError("model control needs all of --server ADDR, an action (load, unload, reload) and a model "
                          "NAME, e.g. `trtserve models --server 127.0.0.1:8001 reload shapes`")
-    with RemoteServer(args.server, token_from(args)) as server:
+    with RemoteServer(args.server, token_from(args), tls_ca_from(args)) as server:
         reply = server.control(args.action, args.name)
     emit(reply, args.json, f"{reply['name']}: {reply['state']} version {reply['version']}: {reply['message']}")
     return 0
@@ -43,6 +43,26 @@ def token_from(args: argparse.Namespace) -> str | None:
 
     token: str | None = args.token or os.environ.get("TRTSERVE_TOKEN") or None
     return token
+
+
+def tls_ca_from(args: argparse.Namespace) -> bytes | None:
+    """The PEM bytes of ``--tls-ca FILE`` (TLS on, the server's certificate checked against it); None: plaintext."""
+    path: Path | None = getattr(args, "tls_ca", None)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--tls-ca {path}: cannot read it ({exc.strerror or exc}); pass the PEM file of the CA "
+                         "that signed the server's certificate") from None
+
+
+def add_remote_options(p: argparse.ArgumentParser) -> None:
+    """``--token`` and ``--tls-ca``: how a client command reaches a server with tokens and TLS."""
+    p.add_argument("--token", help="bearer token for a server with tokens (default: $TRTSERVE_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
+                   help="connect with TLS, checking the server's certificate against this CA (PEM); the address's "
+                        "host must be a name the certificate holds")
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
@@ -61,7 +81,7 @@ def register(sub: Subcommands) -> None:
                    help="with --server: load (a loaded model is reloaded), unload or reload NAME while serving")
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--server", metavar="ADDR", help="a running server (host:port) with model_control: true")
-    p.add_argument("--token", help="bearer token for a server with tokens (default: $TRTSERVE_TOKEN)")
+    add_remote_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

@@ -65,7 +65,8 @@ class RemoteServer:
                 for reply in self._stub.PullCalibrationFrames(request, metadata=self._metadata,
                                                                timeout=self.timeout_s):
                     f = reply.frame
-                    yield PulledFrame(f.id, f.agreement, f.png, f.sha256, reply.snapshot_last_id, reply.remaining)
+                    yield PulledFrame(f.id, f.agreement, f.png, f.sha256, reply.snapshot_last_id, reply.remaining,
+                                      reply.reservoir_id)
             except grpc.RpcError as exc:
                 raise self._fail(f"pulling the calibration reservoir of {model!r} (interrupted; run the same "
                                  "command again to resume)", exc) from None

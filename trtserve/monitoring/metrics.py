@@ -72,6 +72,8 @@ class Metrics:
         r = self.registry
         # models with metrics, in the order they were loaded: the first is the server's default model
         self.models: dict[str, None] = {}
+        # per (model, precision), kept across the model's versions like its Prometheus series: KServe's statistics
+        self.totals: dict[tuple[str, str], ModelTotals] = {}
         if process:
             ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.frames = Counter("trtserve_frames", "Frames answered, by outcome (ok, dropped, error) and gRPC code",
@@ -166,14 +168,25 @@ class Metrics:
                                               "permissions)", ["model"], registry=r)
 
 
+class ModelTotals:
+    """What KServe's ModelStatistics reads beside the Prometheus series, per (model, precision) on the
+    :class:`Metrics` object, so it continues across reloads as the series do: batches per size and the wall clock
+    of the latest answered frame."""
+
+    def __init__(self) -> None:
+        self.executions: dict[int, int] = {}
+        self.last_ok_s = 0.0
+
+
 class BatchSizes:
     """A model's ``trtserve_batch_size`` child, and beside it the exact number of batches of each size (the
     histogram's buckets pool some sizes): KServe's ModelStatistics reports batches per size. The sizes are bounded
-    by the model's max batch size. Call :meth:`observe` from the event loop only."""
+    by the model's max batch size. ``executions`` is shared by every version of the model (``ModelTotals``). Call
+    :meth:`observe` from the event loop only."""
 
-    def __init__(self, child: Histogram) -> None:
+    def __init__(self, child: Histogram, executions: dict[int, int] | None = None) -> None:
         self.child = child
-        self.executions: dict[int, int] = {}
+        self.executions: dict[int, int] = {} if executions is None else executions
 
     def observe(self, size: float) -> None:
         self.child.observe(size)
@@ -192,13 +205,18 @@ class ModelMetrics:
         self.stage = {s: metrics.stage_seconds.labels(model, precision, s) for s in STAGES}
         self.ok = metrics.frames.labels(model, precision, "ok", "OK")
         self.dropped = metrics.frames.labels(model, precision, "dropped", "")
-        self.batch_size = BatchSizes(metrics.batch_size.labels(model, precision))
-        self.last_ok_s = 0.0  # wall clock of the latest answered frame (KServe statistics' last_inference)
+        self.totals = metrics.totals.setdefault((model, precision), ModelTotals())
+        self.batch_size = BatchSizes(metrics.batch_size.labels(model, precision), self.totals.executions)
+
+    @property
+    def last_ok_s(self) -> float:
+        """Wall clock of the latest answered frame of the model, any version (KServe statistics' last_inference)."""
+        return self.totals.last_ok_s
 
     def frame_ok(self, queue_s: float, preprocess_s: float, inference_s: float, postprocess_s: float,
                  total_s: float) -> None:
         self.ok.inc()
-        self.last_ok_s = time.time()
+        self.totals.last_ok_s = time.time()
         stage = self.stage
         stage["queue"].observe(queue_s)
         stage["preprocess"].observe(preprocess_s)

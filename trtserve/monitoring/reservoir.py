@@ -27,6 +27,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,9 @@ class Reservoir:
         self.model = model
         self.directory = directory
         self.spec = spec
+        # this object's identity, sent with every pulled frame: a pull resumed against another replica or after a
+        # restart sees another id and is refused (trtserve.calibration.from_server), never mixed
+        self.instance_id = uuid.uuid4().hex
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._frames: dict[int, ReservoirFrame] = {}
@@ -143,13 +147,24 @@ class Reservoir:
             frame = ReservoirFrame(int(match[1]), float(match[2]), float(match[3]), size, path)
             self._add(frame)
             self._next_id = max(self._next_id, frame.id + 1)
-        with self._lock:
-            for victim in self._evict_for(0, math.inf, self.spec.max_frames) or []:
-                self._remove_file(victim)
-        self._gauges()
+        self._trim()
         if self._frames:
             logger.info("model %s: calibration reservoir %s holds %d frames (%d bytes)", self.model,
                         self.directory, len(self._frames), self._bytes)
+
+    def _trim(self) -> None:
+        """Drop the smallest keys until the frames fit the bounds."""
+        with self._lock:
+            plan = self._eviction(0, math.inf, self.spec.max_frames) or []
+            self._drop(plan)
+            self._gauges()
+
+    def reconfigure(self, spec: ReservoirSpec) -> None:
+        """Take new settings in place (a reload whose ``calibration_reservoir`` changed bounds or weight, its
+        folder the same): one Reservoir object per folder, so one writer; shrunk bounds trim at once."""
+        with self._lock:
+            self.spec = spec
+        self._trim()
 
     # --- state (under the lock, or before the reservoir is shared) ----------------------------------------------
 
@@ -163,9 +178,9 @@ class Reservoir:
             heapq.heappop(self._heap)
         return self._frames[self._heap[0][1]] if self._heap else None
 
-    def _evict_for(self, size: int, key: float, max_frames: int) -> list[ReservoirFrame] | None:
+    def _eviction(self, size: int, key: float, max_frames: int) -> list[ReservoirFrame] | None:
         """The frames to drop so that one of ``size`` bytes and ``key`` fits (``max_frames`` counting it), or None
-        when it does not fit without dropping a frame of a larger key. Drops them from the state."""
+        when it does not fit without dropping a frame of a larger key. Changes nothing (see :meth:`_drop`)."""
         plan: list[ReservoirFrame] = []
         count, total = len(self._frames), self._bytes
         candidates = sorted((f for f in self._frames.values()), key=lambda f: f.key)
@@ -178,10 +193,14 @@ class Reservoir:
             count, total = count - 1, total - frame.size_bytes
         if count > max_frames or total + size > self.spec.max_bytes:
             return None
-        for frame in plan:
-            del self._frames[frame.id]
-            self._bytes -= frame.size_bytes
         return plan
+
+    def _drop(self, plan: list[ReservoirFrame]) -> None:
+        """Remove ``plan``'s frames from the state and their files from the folder."""
+        for frame in plan:
+            if self._frames.pop(frame.id, None) is not None:
+                self._bytes -= frame.size_bytes
+            self._remove_file(frame)
 
     def _remove_file(self, frame: ReservoirFrame) -> None:
         try:
@@ -219,20 +238,19 @@ class Reservoir:
             return False
         data = encoded.tobytes()
         with self._lock:
-            victims = self._evict_for(len(data), key, self.spec.max_frames - 1)
+            victims = self._eviction(len(data), key, self.spec.max_frames - 1)
             if victims is None:
                 return False
-            for victim in victims:
-                self._remove_file(victim)
             frame_id = self._next_id
-            self._next_id += 1
             path = self.directory / f"{frame_id:012d}_{key:+.9f}_{min(1.0, max(0.0, agreement)):.4f}.png"
-            try:
+            try:  # written first: a write that fails (disk full) drops nothing, so the reservoir keeps its frames
                 _atomic_write(path, data)
             except OSError as exc:
                 self._write_failed(exc)
                 self._gauges()
                 return False
+            self._next_id += 1
+            self._drop(victims)
             if self._blocked_until:
                 self._blocked_until = 0.0
                 logger.info("model %s: calibration reservoir %s is writable again; adding frames", self.model,

@@ -4,7 +4,7 @@ A fixed default (two batches at once, cores / 2 threads each) is right for one e
 a slow engine (a 640x640 model) gains nothing from a second batch in flight and loses latency to it, and a fast one
 (INT8) needs the second batch to keep the cores busy while the first one's detections are decoded. So at load the
 server measures the engine itself: for each candidate ``k`` in 1..min(cores, 4) it opens the model with
-``intra_op_threads`` (or, when that is 0, cores // k) threads per batch and runs ``k`` batches of
+``intra_op_threads`` (or, when that is 0, cores // k) threads per batch and runs ``k`` batches of the batcher's
 ``max_batch_size`` at once for :data:`SECONDS_PER_CANDIDATE`; the arrangement kept is **the fewest instances whose
 throughput is within 5 % of the best** (fewer batches in flight: lower latency, more CPU left for decoding). The
 measured figures are logged, and GetModel reports the instances chosen.
@@ -37,10 +37,10 @@ class Candidate:
     batch_ms: float  # one batch's time with ``instances`` at once
 
 
-def _measure(detector: Detector, instances: int, seconds: float) -> tuple[float, float]:
+def _measure(detector: Detector, instances: int, seconds: float, batch: int | None = None) -> tuple[float, float]:
     h, w = detector.preprocessor.input_hw
     frame = np.full((h, w, 3), detector.config.input.pad_value, np.uint8)
-    batch = detector.config.max_batch_size
+    batch = batch or detector.config.max_batch_size
     tensor = detector.preprocessor.to_input([frame] * batch)
 
     def work(deadline: float) -> tuple[int, float]:
@@ -62,30 +62,54 @@ def _measure(detector: Detector, instances: int, seconds: float) -> tuple[float,
     return calls * batch / elapsed, 1000 * sum(b for _, b in done) / calls
 
 
+def _rule(measured: list[Candidate]) -> int:
+    """The index of the rule's choice among ``measured``: the fewest instances within WITHIN of the best."""
+    best = max(c.fps for c in measured)
+    return next(i for i, c in enumerate(measured) if c.fps >= (1 - WITHIN) * best)
+
+
 def choose(open_detector: Callable[[int, int], Detector], intra_op_threads: int = 0, cores: int | None = None,
-           seconds: float = SECONDS_PER_CANDIDATE) -> tuple[Detector, Candidate, list[Candidate]]:
-    """Open the model per candidate arrangement (``open_detector(instances, threads)``), measure each, keep the
-    rule's choice (see the module) open and close the others; returns it, its figures and every candidate's."""
+           seconds: float = SECONDS_PER_CANDIDATE, batch: int | None = None
+           ) -> tuple[Detector, Candidate, list[Candidate]]:
+    """Open the model per candidate arrangement (``open_detector(instances, threads)``), measure each at ``batch``
+    frames a call (the batcher's max_batch_size, which serving sends; None: the model's), keep the rule's choice
+    (see the module) open; returns it, its figures and every candidate's.
+
+    At most two candidates are open at once: the one being measured and the rule's choice so far — any other is
+    closed once measured. The choice can move to a candidate measured earlier and already closed (its throughput
+    is within 5 % of a new best that the previous choice is not): that one is opened again at the end."""
     cores = cores or os.cpu_count() or 1
-    measured: list[tuple[Candidate, Detector]] = []
+    measured: list[Candidate] = []
+    held: tuple[int, Detector] | None = None  # the rule's choice so far (index in measured) and its detector
     try:
         for k in range(1, min(cores, 4) + 1):
             threads = intra_op_threads or max(1, cores // k)
             detector = open_detector(k, threads)
-            measured.append((Candidate(k, threads, 0.0, 0.0), detector))
-            fps, batch_ms = _measure(detector, k, seconds)
-            measured[-1] = (Candidate(k, threads, round(fps, 1), round(batch_ms, 2)), detector)
-        best = max(c.fps for c, _ in measured)
-        chosen, kept = next((c, d) for c, d in measured if c.fps >= (1 - WITHIN) * best)
+            try:
+                fps, batch_ms = _measure(detector, k, seconds, batch)
+            except BaseException:
+                detector.close()
+                raise
+            measured.append(Candidate(k, threads, round(fps, 1), round(batch_ms, 2)))
+            choice = _rule(measured)
+            if held is not None and held[0] != choice:
+                held[1].close()
+                held = None
+            if held is None and choice == len(measured) - 1:
+                held = (choice, detector)
+            else:
+                detector.close()
+        choice = _rule(measured)
+        if held is None:  # the choice was measured, closed, then became the choice: open it again
+            chosen = measured[choice]
+            held = (choice, open_detector(chosen.instances, chosen.threads))
     except BaseException:
-        for _, d in measured:
-            d.close()
+        if held is not None:
+            held[1].close()
         raise
-    for _, d in measured:
-        if d is not kept:
-            d.close()
+    chosen, kept = measured[held[0]], held[1]
     logger.info("model %s: instances auto: %d batch(es) at once on %d thread(s) each (engine alone, batch %d: %s)",
-                kept.config.name, chosen.instances, chosen.threads, kept.config.max_batch_size,
+                kept.config.name, chosen.instances, chosen.threads, batch or kept.config.max_batch_size,
                 ", ".join(f"{c.instances}x{c.threads} threads {c.fps} frames/s, {c.batch_ms} ms a batch"
-                          for c, _ in measured))
-    return kept, chosen, [c for c, _ in measured]
+                          for c in measured))
+    return kept, chosen, measured

@@ -96,4 +96,4 @@ class ControlledDetectionService(DetectionService):
             yield pb.PullCalibrationFramesResponse(
                 frame=pb.CalibrationFrame(id=frame.id, agreement=frame.agreement, png=data,
                                           sha256=hashlib.sha256(data).hexdigest()),
-                snapshot_last_id=last, remaining=len(todo) - i - 1)
+                snapshot_last_id=last, remaining=len(todo) - i - 1, reservoir_id=reservoir.instance_id)

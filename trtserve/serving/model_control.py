@@ -147,7 +147,9 @@ class ModelControl:
         self._idle.set()
         self._closing = False
         self._poll_task: asyncio.Task[None] | None = None
-        self._reservoirs: dict[str, tuple[ReservoirSpec, Reservoir]] = {}
+        self._reservoirs: dict[str, tuple[ReservoirSpec, Reservoir]] = {}  # of the versions serving
+        # what the version being opened asked for (None: off), made current when it serves (_commit_reservoir)
+        self._pending_reservoirs: dict[str, tuple[ReservoirSpec, Reservoir] | None] = {}
 
     # --- what the servicers call ----------------------------------------------------------------------------------
 
@@ -163,7 +165,11 @@ class ModelControl:
 
     async def load(self, name: str, at_start: bool = False) -> ModelStatus:
         """Load ``name`` from the repository; a model already loaded is reloaded (as in Triton). ``at_start``: a
-        failure raises the cause itself (the server refuses to start with it), not a ModelControlError."""
+        failure raises the cause itself (the server refuses to start with it), not a ModelControlError.
+
+        A name that is not one of the repository's models (a path such as ``../x`` never is) is refused with
+        NOT_FOUND before anything is recorded for it: no status entry, no metric series."""
+        self.repository.check(name)
         try:
             return await self._replace(name, "load")
         except ModelControlError as exc:
@@ -246,15 +252,18 @@ class ModelControl:
         try:
             new = await self._open(name, version)
         except Exception as exc:
+            self._pending_reservoirs.pop(name, None)
             self._failed(status, old, operation, exc, fingerprint)
             raise self._error(status, old, operation, exc) from exc
         try:
             await asyncio.to_thread(warm_up, new.detector)
         except Exception as exc:
-            await self._retire(new)
+            self._pending_reservoirs.pop(name, None)
+            await self._retire(new, serving=old)
             self._failed(status, old, operation, exc, fingerprint)
             raise self._error(status, old, operation, exc) from exc
         self.pipelines[name] = new  # the switch: every frame admitted from now on runs on the new version
+        self._commit_reservoir(name)
         status.version, status.state, status.reason = version, READY, ""
         status.fingerprint, status.failed_fingerprint = fingerprint, None
         self.metrics.model_version.labels(name).set(version)
@@ -268,9 +277,7 @@ class ModelControl:
         logger.info("model %s: version %d serving (loaded and warmed in %.2f s beside version %d); drift series and "
                     "window restart for version %d; version %d finishes its %d admitted frames", name, version, load_s,
                     version - 1, version, version - 1, old.admitted)
-        drained = await self._retire(old)
-        if self.pipelines.get(name) is new:
-            new.metrics.set_ready(True)  # the old pipeline's stop cleared the (model, precision) series they share
+        drained = await self._retire(old, serving=new)
         status.message = (f"version {version} serving (loaded and warmed in {load_s:.2f} s); version {version - 1} "
                           f"finished its {drained} admitted frames")
         return status
@@ -294,14 +301,16 @@ class ModelControl:
         keeps = (f"version {status.version} keeps serving" if old is not None else "the model is not serving")
         return ModelControlError(f"{operation} of model {clip(status.name)} failed; {keeps}: {exc}", code)
 
-    async def _retire(self, old: Pipeline) -> int:
+    async def _retire(self, old: Pipeline, serving: Pipeline | None = None) -> int:
         """Let frames handed to ``old`` just before the switch be admitted, then drain and close it; returns how
-        many frames it finished after the switch."""
+        many frames it finished after the switch. ``serving``: the version of the model that serves on, so
+        ``trtserve_model_ready`` stays 1 when it shares old's series (same precision)."""
         for _ in range(3):
             await asyncio.sleep(0)
         await asyncio.sleep(SETTLE_S)
         before = old.batcher.stats.items
-        await old.stop(drain=True, timeout_s=self.grace_period_s)
+        shared = serving is not None and serving.metrics.precision == old.metrics.precision
+        await old.stop(drain=True, timeout_s=self.grace_period_s, mark_not_ready=not shared)
         await asyncio.to_thread(old.detector.close)
         return old.batcher.stats.items - before
 
@@ -332,18 +341,37 @@ class ModelControl:
     # --- reservoirs -----------------------------------------------------------------------------------------------
 
     def reservoir_for(self, config: ModelConfig, spec: ReservoirSpec) -> Reservoir | None:
-        """The calibration reservoir of ``config``'s model, opened once and kept across versions (reopened when its
-        settings change); None when it is off. ConfigError for a folder that cannot be written."""
+        """The calibration reservoir of ``config``'s model for the version being opened; None when it is off.
+        ConfigError for a folder that cannot be written.
+
+        One Reservoir object per folder: while its folder stays the same it is kept across versions — the old
+        version's drift monitor and the new one's offer to the same object, so one writer — and changed settings
+        (bounds, weight) are applied to it in place once the new version serves. A new folder gets a new
+        Reservoir. Nothing changes for the serving version until the new one serves: a failed load leaves it."""
         if not spec.enabled:
-            self._reservoirs.pop(config.name, None)
+            self._pending_reservoirs[config.name] = None
             return None
+        directory = reservoir_dir(spec, config.name, config.directory)
         held = self._reservoirs.get(config.name)
-        if held is not None and held[0] == spec:
-            return held[1]
-        reservoir = Reservoir.open(config.name, reservoir_dir(spec, config.name, config.directory), spec,
-                                   self.metrics)
-        self._reservoirs[config.name] = (spec, reservoir)
+        if held is not None and held[1].directory == directory:
+            reservoir = held[1]
+        else:
+            reservoir = Reservoir.open(config.name, directory, spec, self.metrics)
+        self._pending_reservoirs[config.name] = (spec, reservoir)
         return reservoir
+
+    def _commit_reservoir(self, name: str) -> None:
+        """The version just switched to serves: its reservoir (and settings) become the model's."""
+        if name not in self._pending_reservoirs:
+            return
+        pending = self._pending_reservoirs.pop(name)
+        if pending is None:
+            self._reservoirs.pop(name, None)
+            return
+        spec, reservoir = pending
+        if reservoir.spec != spec:
+            reservoir.reconfigure(spec)
+        self._reservoirs[name] = (spec, reservoir)
 
     def reservoir(self, name: str) -> Reservoir:
         """The reservoir of loaded model ``name``; ModelNotFoundError when it has none."""

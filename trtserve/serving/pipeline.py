@@ -100,10 +100,13 @@ class Pipeline:
         self._accepting = True
         self.metrics.set_ready(True)
 
-    async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
-        """Refuse new frames; with ``drain`` finish the admitted ones (decoding too) within ``timeout_s``."""
+    async def stop(self, drain: bool = True, timeout_s: float = 30.0, mark_not_ready: bool = True) -> None:
+        """Refuse new frames; with ``drain`` finish the admitted ones (decoding too) within ``timeout_s``.
+        ``mark_not_ready=False``: leave ``trtserve_model_ready`` as it is (another version of the model, which
+        shares the series, serves on)."""
         self._accepting = False
-        self.metrics.set_ready(False)
+        if mark_not_ready:
+            self.metrics.set_ready(False)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while drain and self._decoding and loop.time() < end:

@@ -114,7 +114,8 @@ class Server:
                 return Detector.open(config, s.precision, options=serving_backend_options(instances, threads),
                                      normalize_in_model=s.normalize_in_model)
 
-            detector, chosen, _ = await asyncio.to_thread(arrangement.choose, open_arranged, s.intra_op_threads)
+            detector, chosen, _ = await asyncio.to_thread(arrangement.choose, open_arranged, s.intra_op_threads,
+                                                          batch=batcher.max_batch_size)
             batcher = replace(batcher, instances=chosen.instances)
         drift = None
         try:

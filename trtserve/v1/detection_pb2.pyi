@@ -269,14 +269,16 @@ class CalibrationFrame(_message.Message):
     def __init__(self, id: _Optional[int] = ..., agreement: _Optional[float] = ..., png: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class PullCalibrationFramesResponse(_message.Message):
-    __slots__ = ("frame", "snapshot_last_id", "remaining")
+    __slots__ = ("frame", "snapshot_last_id", "remaining", "reservoir_id")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_LAST_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RESERVOIR_ID_FIELD_NUMBER: _ClassVar[int]
     frame: CalibrationFrame
     snapshot_last_id: int
     remaining: int
-    def __init__(self, frame: _Optional[_Union[CalibrationFrame, _Mapping]] = ..., snapshot_last_id: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+    reservoir_id: str
+    def __init__(self, frame: _Optional[_Union[CalibrationFrame, _Mapping]] = ..., snapshot_last_id: _Optional[int] = ..., remaining: _Optional[int] = ..., reservoir_id: _Optional[str] = ...) -> None: ...
 
 class DriftSummary(_message.Message):
     __slots__ = ("sample_rate", "shadow_precision", "samples", "skipped", "errors", "window_frames", "agreement_f1", "mean_iou", "mean_score_abs_diff", "missed", "extra", "out_of_range_ratio", "below_threshold", "ranges_source", "stale", "shadow_restarts", "skipped_shadow_down")

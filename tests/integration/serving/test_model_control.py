@@ -177,3 +177,116 @@ def test_the_repository_poll_reloads_a_model_whose_files_changed(tmp_path: Path)
         assert (await stub.GetModel(pb.GetModelRequest(name="shapes"))).version == 2  # once, not per poll
 
     asyncio.run(serving(tmp_path, test, replace(SETTINGS, model_control=False, repository_poll_s=0.15)))
+
+
+def _series(server: Server, family: str) -> list[dict[str, str]]:
+    return [s.labels for f in server.metrics.registry.collect() if f.name == family for s in f.samples]
+
+
+def test_unknown_and_path_like_model_names_are_refused_before_any_state_or_metric(tmp_path: Path) -> None:
+    async def test(server: Server, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+        hostile = ["x" * 20_000, "../x", "../engines/shapes", "shapes/", "/etc"]
+        for name in hostile:
+            for call in (lambda n: stub.LoadModel(pb.ModelControlRequest(name=n)),
+                         lambda n: kserve.RepositoryModelLoad(kpb.RepositoryModelLoadRequest(model_name=n)),
+                         lambda n: stub.ReloadModel(pb.ModelControlRequest(name=n)),
+                         lambda n: stub.UnloadModel(pb.ModelControlRequest(name=n)),
+                         lambda n: kserve.RepositoryModelUnload(kpb.RepositoryModelUnloadRequest(model_name=n))):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(name)
+                details = info.value.details() or ""
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND, (name[:20], details)
+                assert len(details) < 400 and str(tmp_path) not in details, details
+                assert "shapes" in details, details  # the models there are, so the caller can correct the name
+        assert list(server.models._status) == ["shapes"]
+        assert {s["model"] for s in _series(server, "trtserve_model_loads")} == {"shapes"}
+        assert {s["model"] for s in _series(server, "trtserve_model_version")} == {"shapes"}
+        assert (await stub.GetModel(pb.GetModelRequest(name="shapes"))).version == 1
+
+    asyncio.run(serving(tmp_path, test))
+
+
+def test_a_reload_keeps_the_model_ready_and_its_kserve_batch_statistics(tmp_path: Path) -> None:
+    frame = next(iter(video_frames(1))).image_bgr
+
+    async def test(server: Server, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+
+        def ready() -> list[float]:
+            return [s.value for f in server.metrics.registry.collect() if f.name == "trtserve_model_ready"
+                    for s in f.samples if s.labels["model"] == "shapes"]
+
+        async def statistics() -> kpb.ModelStatistics:
+            reply = await kserve.ModelStatistics(kpb.ModelStatisticsRequest(name="shapes"))
+            return reply.model_stats[0]
+
+        for i in range(3):
+            assert (await stub.Detect(raw_request(frame, "cam", i))).status == pb.STATUS_OK
+        before = await statistics()
+        assert before.execution_count == 3 and sum(b.compute_infer.count for b in before.batch_stats) == 3
+        seen: list[list[float]] = []
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                seen.append(ready())
+                await asyncio.sleep(0)  # every turn of the loop: the old version's drain and close yield to it
+
+        watcher = asyncio.ensure_future(watch())
+        assert (await stub.ReloadModel(pb.ModelControlRequest(name="shapes"))).version == 2
+        done.set()
+        await watcher
+        seen.append(ready())
+        assert seen and all(values == [1.0] for values in seen), [v for v in seen if v != [1.0]][:3]
+        assert (await stub.Detect(raw_request(frame, "cam", 3))).status == pb.STATUS_OK
+        after = await statistics()
+        assert after.execution_count == 4 and after.inference_count == 4
+        assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count, after.batch_stats
+        assert after.last_inference >= before.last_inference > 0
+        await stub.UnloadModel(pb.ModelControlRequest(name="shapes"))
+        assert ready() == [0.0]
+
+    asyncio.run(serving(tmp_path, test))
+
+
+def test_a_reload_with_new_reservoir_settings_reconfigures_the_one_reservoir_of_its_folder(tmp_path: Path) -> None:
+    from trtserve.config import ReservoirSpec
+
+    folder = tmp_path / "reservoir"
+    settings = replace(SETTINGS, calibration_reservoir=ReservoirSpec(enabled=True, max_frames=50, dir=folder))
+    image = next(iter(video_frames(1))).image_bgr[:256, :256]
+
+    async def test(server: Server, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.DetectionServiceStub(channel)
+        reservoir = server.models.reservoir("shapes")
+        for _ in range(6):
+            assert reservoir.offer(image, 0.5)
+        yaml_path = tmp_path / "engines" / "shapes" / "model.yaml"
+        good = yaml_path.read_text()
+        yaml_path.write_text(good + "\ncalibration_reservoir:\n  max_frames: 3\n")
+        assert (await stub.ReloadModel(pb.ModelControlRequest(name="shapes"))).version == 2
+        assert server.models.reservoir("shapes") is reservoir  # the same object: one writer on the folder
+        assert reservoir.spec.max_frames == 3 and len(reservoir) == 3
+        assert len(list((folder / "shapes").glob("*.png"))) == 3
+
+        yaml_path.write_text(good + "\ncalibration_reservoir:\n  max_frames: 1\n")
+        onnx = tmp_path / "engines" / "shapes" / "model.onnx"
+        target = onnx.resolve()
+        onnx.unlink()
+        onnx.write_bytes(b"not an onnx model")  # the reload fails after its reservoir was asked for
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ReloadModel(pb.ModelControlRequest(name="shapes"))
+        assert server.models.reservoir("shapes") is reservoir
+        assert reservoir.spec.max_frames == 3 and len(reservoir) == 3  # the serving version's settings stand
+        onnx.unlink()
+        onnx.symlink_to(target)
+
+        yaml_path.write_text(good + f"\ncalibration_reservoir:\n  dir: {tmp_path / 'elsewhere'}\n")
+        assert (await stub.ReloadModel(pb.ModelControlRequest(name="shapes"))).version == 3
+        moved = server.models.reservoir("shapes")
+        assert moved is not reservoir and moved.directory == tmp_path / "elsewhere" / "shapes"
+
+    asyncio.run(serving(tmp_path, test, settings))

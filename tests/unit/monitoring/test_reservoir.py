@@ -107,3 +107,33 @@ def test_a_full_disk_stops_adding_counts_and_logs_once(tmp_path: Path, monkeypat
     monkeypatch.undo()
     monkeypatch.setattr(module.time, "monotonic", lambda: 1e12)  # a minute later: tried again, and it works
     assert r.offer(image(11), 1.0) and len(r) == 2
+
+
+def test_a_write_that_fails_when_full_evicts_nothing(tmp_path: Path) -> None:
+    """A real failing write: the process's file-size limit (RLIMIT_FSIZE) below one PNG, as a full disk refuses
+    it. Each retry used to unlink the frames it would evict first, then fail to add its own: the reservoir
+    emptied itself on a full disk."""
+    import resource
+    import signal
+
+    r = Reservoir.open("m", tmp_path, ReservoirSpec(enabled=True, max_frames=3), None, random.Random(0))
+    for i in range(3):
+        assert r.offer(image(i), 1.0)
+    before = sorted(p.name for p in tmp_path.glob("*.png"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, hard))
+    try:
+        for i in range(3, 200):
+            r._blocked_until = 0.0  # each offer is a retry "a minute later"
+            r.offer(image(i), 0.0)  # weight 4: most would evict one of the three
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert r.write_errors > 10
+    assert len(r) == 3 and sorted(p.name for p in tmp_path.glob("*.png")) == before
+    assert not list(tmp_path.glob(".*.tmp"))
+    r._blocked_until = 0.0
+    for i in range(200, 300):  # writable again: frames are replaced, one for one
+        r.offer(image(i), 0.0)
+    assert len(r) == 3 and len(list(tmp_path.glob("*.png"))) == 3 and r.kept > 3
