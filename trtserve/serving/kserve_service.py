@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from tritonclient.grpc import service_pb2 as kpb
@@ -41,6 +41,8 @@ from trtserve.serving.kserve_dataplane import (
 from trtserve.serving.model_control import ModelControl, ModelControlOffError
 from trtserve.serving.pipeline import Pipeline
 from trtserve.serving.protocol import answer_in_order, public_reason, status_code
+
+R = TypeVar("R")
 
 # the request-checking helpers live in the data plane; kept importable from here
 __all__ = ["INPUT_NAME", "MODEL_VERSION", "OUTPUTS", "OUTPUT_COUNT", "OUTPUT_DETECTIONS", "VERSIONS", "InferCall",
@@ -102,29 +104,26 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                              context: grpc.aio.ServicerContext) -> kpb.ServerMetadataResponse:
         return self.dataplane.server_metadata()
 
-    async def ModelMetadata(self, request: kpb.ModelMetadataRequest,  # noqa: N802
-                            context: grpc.aio.ServicerContext) -> kpb.ModelMetadataResponse:
+    async def _answer(self, answer: Callable[[], R], context: grpc.aio.ServicerContext) -> R:
+        """``answer()``, or the call aborted with its trtserve error's status."""
         try:
-            return self.dataplane.model_metadata(request.name, request.version)
+            return answer()
         except TrtserveError as exc:
             await self._abort(exc, context)
             raise
+
+    async def ModelMetadata(self, request: kpb.ModelMetadataRequest,  # noqa: N802
+                            context: grpc.aio.ServicerContext) -> kpb.ModelMetadataResponse:
+        return await self._answer(lambda: self.dataplane.model_metadata(request.name, request.version), context)
 
     async def ModelConfig(self, request: kpb.ModelConfigRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> kpb.ModelConfigResponse:
-        try:
-            return kpb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
-        except TrtserveError as exc:
-            await self._abort(exc, context)
-            raise
+        return await self._answer(lambda: kpb.ModelConfigResponse(
+            config=self.dataplane.model_config(request.name, request.version)), context)
 
     async def ModelStatistics(self, request: kpb.ModelStatisticsRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> kpb.ModelStatisticsResponse:
-        try:
-            return self.dataplane.statistics(request.name, request.version)
-        except TrtserveError as exc:
-            await self._abort(exc, context)
-            raise
+        return await self._answer(lambda: self.dataplane.statistics(request.name, request.version), context)
 
     control: ModelControl | None = None  # set by the server: RepositoryModelLoad / Unload are its load / unload
 
