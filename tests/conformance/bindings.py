@@ -45,6 +45,7 @@ class Wheel:
     version: str
     max_python: tuple[int, int] | None = None  # newest CPython the release has wheels for
     covers: str = "the check against it"  # what a host without a wheel loses, for the skip reason
+    min_python: tuple[int, int] | None = None  # oldest CPython the release has wheels for
 
     @property
     def spec(self) -> str:
@@ -62,6 +63,11 @@ class Wheel:
             top = f"{self.max_python[0]}.{self.max_python[1]}"
             return (f"{self.spec} has wheels for CPython <= {top} only and this is Python {have}: {self.covers} "
                     f"does not run on this host (run the conformance tier under Python <= {top} to cover it)")
+        if self.min_python is not None and python < self.min_python:
+            have = f"{python[0]}.{python[1]}"
+            low = f"{self.min_python[0]}.{self.min_python[1]}"
+            return (f"{self.spec} has wheels for CPython >= {low} only and this is Python {have}: {self.covers} "
+                    f"does not run on this host (run the conformance tier under Python >= {low} to cover it)")
         return None
 
 
@@ -80,7 +86,8 @@ _PATHFINDER = Wheel("cuda-pathfinder", "1.9.1")
 CUDA_WHEELS: dict[str, tuple[Wheel, ...]] = {
     "12.6.0": (Wheel("cuda-python", "12.6.0", max_python=(3, 12), covers="the cuda-python <= 12.6 driverless check"),),
     "12.9.10": (Wheel("cuda-bindings", "12.9.10"), _PATHFINDER),
-    "13.5.0": (Wheel("cuda-bindings", "13.5.0"), _PATHFINDER),
+    "13.5.0": (Wheel("cuda-bindings", "13.5.0", min_python=(3, 11), covers="the cuda-bindings 13.5 driverless check"),
+               _PATHFINDER),
 }
 
 # C symbols the bindings import from TensorRT's libraries, and the SONAMEs they are imported under, per major

@@ -69,7 +69,7 @@ def test_a_runtime_failure_tells_an_incident_id_and_logs_the_runtime_s_own_text(
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
     path = tmp_path / "reshape.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     with backend_class("onnxruntime")(path) as b, pytest.raises(BackendError) as info:
         b.infer({"x": np.zeros((1, 4), np.float32)})  # 4 values cannot be reshaped to 3 rows
     message = str(info.value)
