@@ -18,7 +18,7 @@ import numpy as np
 from trtserve.errors import InvalidFrameError, TrtserveError, clip
 from trtserve.heads.base import Thresholds
 from trtserve.serving.pipeline import FrameOutcome, Pipeline, find_pipeline
-from trtserve.serving.protocol import answer_freshest, answer_in_order, public_reason, status_code
+from trtserve.serving.protocol import answer_freshest, answer_in_order, fail_call, public_reason, status_code
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
@@ -100,7 +100,8 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining  # the batcher's clock
         response = await self._answer(request, deadline)
         if response.status == pb.STATUS_ERROR:
-            await context.abort(getattr(grpc.StatusCode, response.error_code), response.reason)
+            return fail_call(context, getattr(grpc.StatusCode, response.error_code), response.reason,
+                             pb.DetectResponse())
         return response
 
     async def StreamDetect(self, request_iterator: AsyncIterator[pb.DetectRequest],  # noqa: N802

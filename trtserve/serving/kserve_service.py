@@ -40,7 +40,7 @@ from trtserve.serving.kserve_dataplane import (
 )
 from trtserve.serving.model_control import ModelControl, ModelControlOffError
 from trtserve.serving.pipeline import Pipeline
-from trtserve.serving.protocol import answer_in_order, public_reason, status_code
+from trtserve.serving.protocol import answer_in_order, fail_call, public_reason, status_code
 
 R = TypeVar("R")
 
@@ -158,8 +158,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self.dataplane.infer(request)
         except Exception as exc:
-            await context.abort(status_code(exc), public_reason(exc, f"ModelInfer request {clip(request.id)}"))
-            raise
+            return fail_call(context, status_code(exc), public_reason(exc, f"ModelInfer request {clip(request.id)}"),
+                             kpb.ModelInferResponse())
 
     async def _stream_answer(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
