@@ -15,6 +15,7 @@ overload, per overload policy, is ``trtserve bench overload``'s, which uses this
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import tempfile
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from trtserve.reports import JsonReport
+
+logger = logging.getLogger(__name__)
 
 # interference: the good camera's pace, the hostile clients' byte rate
 GOOD_FPS = 20.0
@@ -162,6 +165,7 @@ async def _unary_load(address: str, model: str, frames: Sequence[bytes], offered
     from trtserve.v1 import detection_pb2_grpc as pb_grpc
 
     result: dict[str, list[float]] = {"OK": [], "RESOURCE_EXHAUSTED": [], "other": []}
+    others: dict[str, tuple[int, str]] = {}  # code -> (count, the first one's details): said at the end
     started = 0
 
     async with grpc.aio.insecure_channel(address) as channel:
@@ -175,6 +179,9 @@ async def _unary_load(address: str, model: str, frames: Sequence[bytes], offered
                 key = "OK"
             except grpc.aio.AioRpcError as exc:
                 key = exc.code().name if exc.code().name in result else "other"
+                if key == "other":
+                    count, details = others.get(exc.code().name, (0, str(exc.details())))
+                    others[exc.code().name] = (count + 1, details)
             result[key].append(time.perf_counter() - t0)
 
         end = time.perf_counter() + seconds
@@ -194,6 +201,8 @@ async def _unary_load(address: str, model: str, frames: Sequence[bytes], offered
                 tasks.append(asyncio.create_task(one(started)))
                 await asyncio.sleep(max(0.0, start + started / offered_fps - now))
             await asyncio.gather(*tasks)
+    for code, (count, details) in others.items():
+        logger.warning("%d calls answered %s, the first: %s", count, code, details)
     answered = sum(len(v) for v in result.values())
     return {**result, "started": started, "lost": started - answered}
 
