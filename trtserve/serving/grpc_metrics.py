@@ -105,12 +105,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         streams = self._metrics.active_streams.labels(method) if inference else None
         model_of = self._model
 
-        def begin(context: grpc.aio.ServicerContext) -> float | None:
+        def begin(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, float | None, list[str]]:
+            """Count the call started; its deadline (also for the tasks its handler starts), and the request (a
+            stream's iterator wrapped so that its first message names the model into ``seen``)."""
             started.inc()
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            CALL_DEADLINE.set(deadline)  # this call's task, and the tasks its handler starts
-            return deadline
+            CALL_DEADLINE.set(deadline)
+            seen: list[str] = []
+            if handler.request_streaming:
+                request = _first_model(request, model_of, seen)
+            else:
+                seen.append(model_of(request))
+            return request, deadline, seen
 
         def finish(context: grpc.aio.ServicerContext, error: BaseException | None, deadline: float | None,
                    model: str) -> None:
@@ -123,13 +130,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                deadline = begin(context)
+                request, deadline, seen = begin(request, context)
                 error: BaseException | None = None
-                seen: list[str] = []
-                if handler.request_streaming:
-                    request = _first_model(request, model_of, seen)
-                else:
-                    seen.append(model_of(request))
                 try:
                     return await behavior(request, context)
                 except BaseException as exc:
@@ -144,13 +146,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         stream_behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            deadline = begin(context)
+            request, deadline, seen = begin(request, context)
             error: BaseException | None = None
-            seen: list[str] = []
-            if handler.request_streaming:
-                request = _first_model(request, model_of, seen)
-            else:
-                seen.append(model_of(request))
             if streams is not None:
                 streams.inc()
             result = stream_behavior(request, context)
