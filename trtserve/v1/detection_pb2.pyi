@@ -12,6 +12,7 @@ class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PIXEL_FORMAT_UNSPECIFIED: _ClassVar[PixelFormat]
     PIXEL_FORMAT_BGR8: _ClassVar[PixelFormat]
     PIXEL_FORMAT_RGB8: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_GRAY8: _ClassVar[PixelFormat]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 PIXEL_FORMAT_UNSPECIFIED: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
 PIXEL_FORMAT_RGB8: PixelFormat
+PIXEL_FORMAT_GRAY8: PixelFormat
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_DROPPED: Status
@@ -71,20 +73,34 @@ class Thresholds(_message.Message):
     def __init__(self, score: _Optional[float] = ..., iou: _Optional[float] = ..., max_detections: _Optional[int] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("model", "stream_id", "sequence", "capture_time_unix_ns", "image", "thresholds")
+    __slots__ = ("model", "stream_id", "sequence", "capture_time_unix_ns", "image", "thresholds", "outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     stream_id: str
     sequence: int
     capture_time_unix_ns: int
     image: Image
     thresholds: Thresholds
-    def __init__(self, model: _Optional[str] = ..., stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time_unix_ns: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time_unix_ns: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x_min", "y_min", "x_max", "y_max")
@@ -125,7 +141,7 @@ class Timing(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("stream_id", "sequence", "status", "error_code", "reason", "detections", "frame_width", "frame_height", "timing", "model", "precision")
+    __slots__ = ("stream_id", "sequence", "status", "error_code", "reason", "detections", "frame_width", "frame_height", "timing", "model", "precision", "tensors")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +153,7 @@ class DetectResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence: int
     status: Status
@@ -148,7 +165,8 @@ class DetectResponse(_message.Message):
     timing: Timing
     model: str
     precision: str
-    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
