@@ -74,6 +74,9 @@ class StreamsReport(JsonReport):
     client_cpu_ms_per_frame: float
     server_cpu_ms_per_frame: float | None  # None when the server did not run here
     cpu_bound_efficiency_ceiling: float | None  # None unless the server ran here on a CPU engine
+    # server CPU per frame minus the engine's (decode, letterbox, normalize, head, gRPC, asyncio), median over the
+    # runs; None when the server did not run here
+    server_cpu_outside_engine_ms_per_frame: float | None = None
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, _answered(r)) if r["server_cpu_s"] is not None else None
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
+        p["outside_ms"] = p["server_ms"] - p["engine_ms"] if p["server_ms"] is not None else None
 
     def median(key: str, digits: int) -> float:
         return round(float(np.median([p[key] for p in pairs])), digits)
@@ -439,6 +443,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         engine_device=device, engine_cpu_ms_per_frame=median("engine_ms", 3),
         client_cpu_ms_per_frame=median("client_ms", 3), server_cpu_ms_per_frame=median_if_known("server_ms", 3),
         cpu_bound_efficiency_ceiling=median_if_known("ceiling", 3),
+        server_cpu_outside_engine_ms_per_frame=median_if_known("outside_ms", 3),
     )
 
 

@@ -17,11 +17,15 @@ class YoloV5Head(Head):
         return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and dim_is(output_shapes[0][2], 5 + num_classes)
 
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
-        out = single_output(outputs)
-        result = []
-        for pred, geometry in zip(out, geometries):
-            cls_scores = pred[:, 5:] * pred[:, 4:5]  # confidence = objectness * class probability
-            class_ids = cls_scores.argmax(1)
-            scores = cls_scores[np.arange(len(pred)), class_ids]
-            result.append(self.finish(cxcywh_to_xyxy(pred[:, :4]), scores, class_ids, geometry, thresholds))
-        return result
+        out = single_output(outputs)  # [B, N, 5 + nc]
+        objectness, cls_probs = out[..., 4], out[..., 5:]
+        # confidence = objectness * class probability. Its best class per anchor without the [B, N, nc] product:
+        # x -> objectness * x is monotonic (non-decreasing for objectness >= 0, in floating point too), so the best
+        # product is objectness times the largest (or, for a negative objectness, the smallest) probability
+        best = objectness * np.where(objectness >= 0, cls_probs.max(axis=-1), cls_probs.min(axis=-1))
+        frames, anchors = np.nonzero(best > thresholds.score)  # products and argmax only where a box can survive
+        candidates = out[frames, anchors]  # [K, 5 + nc]
+        class_ids = (candidates[:, 5:] * candidates[:, 4:5]).argmax(axis=1)
+        scores = candidates[np.arange(len(candidates)), 5 + class_ids] * candidates[:, 4]
+        return self.finish_batch(frames, cxcywh_to_xyxy(candidates[:, :4]), scores, class_ids, geometries,
+                                 thresholds)

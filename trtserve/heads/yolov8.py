@@ -17,13 +17,9 @@ class YoloV8Head(Head):
         return len(output_shapes) == 1 and len(output_shapes[0]) == 3 and dim_is(output_shapes[0][1], 4 + num_classes)
 
     def decode(self, outputs: Outputs, geometries: list[Letterbox], thresholds: Thresholds) -> list[Detections]:
-        out = single_output(outputs)
-        result = []
-        for pred, geometry in zip(out, geometries):  # pred: [4 + nc, N]
-            cls_scores = pred[4:]
-            best = cls_scores.max(0)
-            keep = np.nonzero(best > thresholds.score)[0]  # the class argmax only where a box can survive
-            class_ids = cls_scores[:, keep].argmax(0)
-            result.append(self.finish(cxcywh_to_xyxy(pred[:4, keep].T), best[keep], class_ids, geometry,
-                                      thresholds))
-        return result
+        out = single_output(outputs)  # [B, 4 + nc, N]
+        best = out[:, 4:].max(axis=1)  # [B, N]: each anchor's best class score
+        frames, anchors = np.nonzero(best > thresholds.score)  # the class argmax only where a box can survive
+        class_ids = out[frames, 4:, anchors].argmax(axis=1)  # [K, nc] gathered for the K candidates
+        boxes = cxcywh_to_xyxy(out[frames, :4, anchors])
+        return self.finish_batch(frames, boxes, best[frames, anchors], class_ids, geometries, thresholds)

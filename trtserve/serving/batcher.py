@@ -77,6 +77,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.preferred = sorted(set(preferred_batch_sizes), reverse=True)
+        self._preferred_set = frozenset(self.preferred)
         self._clock = clock
         self._queue: deque[_Pending[T, R]] = deque()
         self._wakeup = asyncio.Event()
@@ -125,8 +126,13 @@ class DynamicBatcher(Generic[T, R]):
         if len(self._queue) >= self.max_queue_size:
             raise QueueFullError(f"queue full ({self.max_queue_size} waiting); retry later or add capacity")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, future, self._clock(), deadline_s))
-        self._wakeup.set()
+        queue = self._queue
+        queue.append(_Pending(item, future, self._clock(), deadline_s))
+        # wake the loop only when this item changes what it waits for: the first item (it starts the delay) or
+        # one that fills a batch; otherwise the delay's timer wakes it (one wake-up per batch, not per frame)
+        depth = len(queue)
+        if depth == 1 or depth >= self.max_batch_size or depth in self._preferred_set:
+            self._wakeup.set()
         return await future
 
     def _take(self) -> list[_Pending[T, R]]:
@@ -161,10 +167,12 @@ class DynamicBatcher(Generic[T, R]):
             waited = self._clock() - self._queue[0].enqueued_s
             if not full and waited < self.max_queue_delay_s and self._accepting:
                 self._wakeup.clear()
+                # a timer handle, not asyncio.wait_for (a task per wait): this runs once per batch
+                timer = asyncio.get_running_loop().call_later(self.max_queue_delay_s - waited, self._wakeup.set)
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), self.max_queue_delay_s - waited)
-                except asyncio.TimeoutError:
-                    pass
+                    await self._wakeup.wait()
+                finally:
+                    timer.cancel()
                 continue
             await self._slots.acquire()
             batch = self._take()

@@ -171,10 +171,30 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(**{field: streaming_response})
 
 
-async def _first_model(requests: AsyncIterator[Any], model_of: Callable[[Any], str],
-                       seen: list[str]) -> AsyncIterator[Any]:
-    """``requests`` passed through; the model the first one names is appended to ``seen``."""
-    async for request in requests:
-        if not seen:
-            seen.append(model_of(request))
-        yield request
+class _first_model:  # noqa: N801 - used as the function it replaced
+    """``requests`` passed through; the model the first one names is appended to ``seen``.
+
+    A plain async iterator, not an async generator: after the first message ``__anext__`` hands out the request
+    stream's own awaitable, so a stream's messages cost no extra generator step each."""
+
+    def __init__(self, requests: AsyncIterator[Any], model_of: Callable[[Any], str], seen: list[str]) -> None:
+        self._source = requests
+        self._requests: AsyncIterator[Any] | None = None  # grpc makes its reader on __aiter__: only once read
+        self._model_of = model_of
+        self._seen = seen
+
+    def __aiter__(self) -> _first_model:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        if self._requests is not None and self._seen:
+            return self._requests.__anext__()
+        return self._first()
+
+    async def _first(self) -> Any:
+        if self._requests is None:
+            self._requests = self._source.__aiter__()
+        request = await self._requests.__anext__()
+        if not self._seen:
+            self._seen.append(self._model_of(request))
+        return request
