@@ -9,14 +9,19 @@ compared with the shadow's:
 
 * agreement F1 at IoU ``iou_threshold`` (same class), mean IoU of the matched boxes, mean absolute
   score difference, detections only in the shadow (missed) and only in the served model (extra);
-* for models without a detector head: cosine similarity and relative L2 of the raw outputs;
+* for raw outputs (``head: raw`` models, and frames of a detector's raw tensor interface ``<model>.raw``): cosine
+  similarity and relative L2 of each output tensor, exported per output
+  (``trtserve_drift_window_output_cosine_similarity{output=...}``: one badly quantized output is seen as such) and
+  as the per-frame mean over the outputs;
 * calibration coverage: the fraction of values outside the calibrated INT8 range, in the input and
   in every calibrated activation (read off the shadow as extra outputs) — the early warning that the
   scene has moved away from the calibration set.
 
-Results go to Prometheus and to a rolling window (``window_frames``) whose pooled agreement F1 is
-compared with ``agreement_threshold``: crossing it logs a warning (and, if configured, flips the
-model's health to NOT_SERVING until it recovers).
+Results go to Prometheus and to a rolling window (``window_frames``) whose agreement is compared with
+``agreement_threshold``: crossing it logs a warning (and, if configured, flips the model's health to NOT_SERVING
+until it recovers). The agreement is the pooled detection F1 when the window holds detections
+(``trtserve_drift_window_agreement_f1``, F1 only: NaN for a window of raw outputs alone); for a ``head: raw`` model
+it is the lowest per-output mean cosine similarity, so the worst output decides.
 
 **A shadow that dies** (killed, out of memory, a crash in its runtime: seen as EOF or a broken pipe on its
 pipe, or its process gone while idle) is restarted with exponential backoff (:class:`RestartBackoff`: 1 s
@@ -81,6 +86,27 @@ class DriftSummary:
     stale: bool = False  # the shadow is down: the window's figures are from before it died, not current
     shadow_restarts: int = 0  # times the shadow process was started again after it died
     skipped_shadow_down: int = 0  # sampled batches dropped because the shadow was down
+
+
+#: Below this fraction of activations outside their calibrated ranges the frames are within what was calibrated:
+#: a low agreement then comes from how the model was quantized, not from the scene.
+SCENE_SHIFT_OUT_OF_RANGE = 0.01
+
+
+def drift_advice(out_of_range_ratio: float, coverage_measured: bool) -> str:
+    """What a below-threshold verdict tells the operator to do, from the calibration coverage: recalibrate on recent
+    frames when many activations leave the calibrated ranges (the scene moved), change the calibration method when
+    few do (the scene did not move: the method lost the accuracy)."""
+    if not coverage_measured:
+        return ("calibration coverage is not measured for this model, so the cause is unknown: compare with "
+                "`trtserve eval --data` on recent labelled frames, then recalibrate")
+    if out_of_range_ratio >= SCENE_SHIFT_OUT_OF_RANGE:
+        return (f"calibration coverage: {out_of_range_ratio:.4f} of activations out of range — the scene may have "
+                "moved away from the calibration set: recalibrate with recent frames")
+    return (f"calibration coverage: {out_of_range_ratio:.4f} of activations out of range, so the frames are within "
+            "the calibrated ranges — the loss is the calibration method's, not the scene's: recalibrate with another "
+            "method (`trtserve calibrate --method percentile`, or `--auto-exclude` to keep the most sensitive layers "
+            "float) rather than with more frames")
 
 
 @dataclass(frozen=True)
@@ -237,6 +263,7 @@ class DriftMonitor:
         self.samples = self.skipped = self.errors = self.restarts = self.skipped_down = 0
         self._metrics = metrics
         self._coverage_labels = list(shadow.coverage_labels)
+        self._output_names = [t.name for t in served.backend.outputs]  # what raw frames are compared on
         self._bind_metrics(reset=True)
         self._thread = threading.Thread(target=self._run, name=f"trtserve-drift-{served.config.name}", daemon=True)
         self._thread.start()
@@ -261,6 +288,11 @@ class DriftMonitor:
                     m.coverage.remove(model, precision, label)
                 except KeyError:
                     pass
+            for output in self._output_names:
+                try:
+                    m.drift_window_output_cosine.remove(model, precision, output)
+                except KeyError:
+                    pass
         self._m_f1, self._m_iou = m.drift_f1.labels(model, precision), m.drift_iou.labels(model, precision)
         self._m_score = m.drift_score.labels(model, precision)
         self._m_missed, self._m_extra = m.drift_missed.labels(model, precision), m.drift_extra.labels(model, precision)
@@ -269,10 +301,11 @@ class DriftMonitor:
         self._m_skipped = m.drift_skipped.labels(model, precision)
         self._m_errors = m.drift_errors.labels(model, precision)
         self._m_window = m.drift_window_f1.labels(model, precision)
+        self._m_output_cos = {o: m.drift_window_output_cosine.labels(model, precision, o) for o in self._output_names}
         with self._lock:
             window = len(self._window)
             up = self._up
-        self._m_window.set(self.summary().agreement_f1 if window and up else math.nan)  # no window: no agreement
+        self._set_window_gauges(up and window > 0)  # no window: no agreement
         self._m_up = m.drift_shadow_up.labels(model, precision)
         self._m_up.set(1 if up else 0)
         self._m_restarts = m.drift_shadow_restarts.labels(model, precision)
@@ -328,13 +361,24 @@ class DriftMonitor:
 
     # --- the serving side: never blocks -----------------------------------------------------------------
 
-    def offer(self, run: BatchRun, geometries: Sequence[Letterbox], thresholds: Sequence[Thresholds]) -> bool:
+    def offer(self, run: BatchRun, geometries: Sequence[Letterbox | None], thresholds: Sequence[Thresholds],
+              raw_frames: Sequence[bool] | None = None) -> bool:
         """Maybe sample this batch; returns at once. True when it went to the shadow's hand-off.
 
-        A sample is skipped (and counted) when ``max_pending`` samples already wait for or are in the shadow, or
-        when the shadow is down.
+        ``raw_frames``: which frames of the batch came through the raw tensor interface (their geometry is None, and
+        ``run.detections`` holds the other frames' detections only, in order); their outputs are compared tensor by
+        tensor. A sample is skipped (and counted) when ``max_pending`` samples already wait for or are in the shadow,
+        or when the shadow is down.
         """
-        served = run.outputs if self.served.head.type == "raw" else run.detections
+        served: Any
+        if self.served.head.type == "raw":
+            served = run.outputs
+        elif raw_frames is not None and any(raw_frames):
+            found = iter(run.detections)
+            served = [{k: v[i] for k, v in run.outputs.items()} if raw else next(found)
+                      for i, raw in enumerate(raw_frames)]
+        else:
+            served = run.detections
         with self._lock:
             self._credit += self.spec.sample_rate
             if self._credit < 1.0:
@@ -379,7 +423,7 @@ class DriftMonitor:
             with self._lock:
                 self._up = False
             self._m_up.set(0)
-            self._m_window.set(math.nan)
+            self._set_window_gauges(False)
             raise
         finally:
             self._shut_down()
@@ -437,7 +481,7 @@ class DriftMonitor:
             self._down_since, self._retry_at, self._failed_starts = now, now + delay_s, 0
             self._lock.notify_all()
         self._m_up.set(0)
-        self._m_window.set(math.nan)
+        self._set_window_gauges(False)
         self._m_skipped_down.inc(dropped)
         logger.warning("model %s: the drift shadow process (pid %s) %s; drift is not measured while it is down "
                        "(serving is unaffected); restarting it in %.1f s", self.served.config.name, process.pid, how,
@@ -527,6 +571,16 @@ class DriftMonitor:
         self._m_up.set(0)
         self._settle()
 
+    def _set_window_gauges(self, current: bool) -> None:
+        """The window gauges from the window (NaN where it holds nothing of their kind, or is not ``current``)."""
+        with self._lock:
+            window = list(self._window)
+        detections = [f for f in window if f.cosine is None] if current else []
+        self._m_window.set(sum((f.counts for f in detections), MatchCounts()).f1 if detections else math.nan)
+        means = _output_means(window) if current else {}
+        for output, gauge in self._m_output_cos.items():
+            gauge.set(means.get(output, math.nan))
+
     def _record(self, frames: list[FrameDrift]) -> None:
         for f in frames:
             self._m_samples.inc()
@@ -546,7 +600,7 @@ class DriftMonitor:
             self.samples += len(frames)
             self._window.extend(frames)
         summary = self.summary()
-        self._m_window.set(summary.agreement_f1)
+        self._set_window_gauges(True)
         self._judge(summary)
 
     def _keep_frames(self, sample: _Sample, frames: list[FrameDrift]) -> None:
@@ -565,10 +619,10 @@ class DriftMonitor:
         name = self.served.config.name
         if below:
             logger.warning("model %s (%s): agreement with the %s shadow fell to %.3f over the last %d sampled frames "
-                           "(threshold %.3f); calibration coverage: %.4f of activations out of range — the scene "
-                           "may have moved away from the calibration set: recalibrate with recent frames",
+                           "(threshold %.3f); %s",
                            name, self.served.precision, self.spec.shadow_precision, summary.agreement_f1,
-                           summary.window_frames, self.spec.agreement_threshold, summary.out_of_range_ratio)
+                           summary.window_frames, self.spec.agreement_threshold,
+                           drift_advice(summary.out_of_range_ratio, bool(self._coverage_labels)))
             self._set_below(True, None)
         else:
             self._set_below(False, f"agreement with the shadow recovered to {summary.agreement_f1:.3f}")
@@ -592,8 +646,9 @@ class DriftMonitor:
         counts = sum((f.counts for f in detections), MatchCounts())
         if detections:
             agreement = counts.f1
-        else:  # raw outputs: agreement is the mean cosine similarity
-            agreement = float(np.mean([f.cosine for f in window])) if window else 1.0
+        else:  # raw outputs: the worst output's mean cosine similarity, so one bad output is not averaged away
+            means = _output_means(window)
+            agreement = min(means.values()) if means else 1.0
         scored = sum(f.counts.true_positives for f in detections)
         coverage = [f.out_of_range["all"] for f in window if f.out_of_range and "all" in f.out_of_range]
         return DriftSummary(
@@ -646,6 +701,15 @@ class DriftMonitor:
             if running is not None:
                 running.process.kill()
             self._thread.join(10.0)
+
+
+def _output_means(window: Sequence[FrameDrift]) -> dict[str, float]:
+    """Per output tensor, the mean cosine similarity over the window's raw-output frames."""
+    sums: dict[str, list[float]] = {}
+    for f in window:
+        for output, cosine in (f.output_cosines or {}).items():
+            sums.setdefault(output, []).append(cosine)
+    return {output: float(np.mean(values)) for output, values in sums.items()}
 
 
 def _check_same_network(served: Detector, shadow: ShadowInfo) -> None:

@@ -1,10 +1,11 @@
 """Prometheus metrics: one registry per server, one ``trtserve_`` prefix, base units, bounded labels.
 
-Labels are only ever model, precision, method, code, outcome, stage and tensor (a configured set), and the gRPC
-convention's grpc_type, grpc_service, grpc_method and grpc_code —
+Labels are only ever model, precision, method, code, outcome, stage, tensor (a configured set) and output (a model's
+output tensors), and the gRPC convention's grpc_type, grpc_service, grpc_method and grpc_code —
 never a stream or frame id, so the series count does not grow with traffic; a model label only ever holds
-the name of a loaded model. Everything is served in the Prometheus text format on its own HTTP port
-(:func:`start_metrics_http`), without prometheus_client's ``_created`` series (:class:`Registry`).
+the name of a loaded model (or of its raw tensor interface, ``<model>.raw``, once that is used). Everything is
+served in the Prometheus text format on its own HTTP port (:func:`start_metrics_http`), without prometheus_client's
+``_created`` series (:class:`Registry`).
 
 gRPC calls are counted twice over, on purpose: ``grpc_server_started_total`` / ``grpc_server_handled_total``
 carry the names and labels of the grpc-ecosystem convention (go-grpc-prometheus, which gRPC dashboards and
@@ -138,6 +139,11 @@ class Metrics:
                                      "Agreement F1 pooled over the rolling window of sampled frames (NaN while "
                                      "there is no current window: none yet, or the shadow is down)",
                                      ["model", "precision"], registry=r)
+        self.drift_window_output_cosine = Gauge(
+            "trtserve_drift_window_output_cosine_similarity",
+            "Cosine similarity of served vs shadow raw output tensors, per output tensor, averaged over the rolling "
+            "window (head: raw models and the <model>.raw interface; NaN while there is no current window)",
+            ["model", "precision", "output"], registry=r)
         self.drift_shadow_up = Gauge("trtserve_drift_shadow_up",
                                      "1 while the drift shadow process runs, 0 while it is down (being restarted)",
                                      ["model", "precision"], registry=r)

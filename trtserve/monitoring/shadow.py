@@ -9,7 +9,11 @@ until the server says stop or its end of the pipe closes (the server went away),
 
 The pipe protocol (pickled tuples): the process first sends ``("ok", ShadowInfo)`` or ``("error", exception)``;
 then, for each request ``(tensor, served, geometries, thresholds)``, ``("ok", list[FrameDrift])`` or ``("error",
-exception)`` (the request failed, the process goes on); ``None`` asks it to close and exit.
+exception)`` (the request failed, the process goes on); ``None`` asks it to close and exit. ``served`` is the served
+model's answer: its detections per frame (a detector), its output tensors for the whole batch (a ``head: raw``
+model), or per frame either detections or that frame's output tensors (a detector's batch holding frames of its raw
+tensor interface, ``<model>.raw``; their geometries are None). Raw outputs are compared tensor by tensor, and each
+output's agreement is kept (:attr:`FrameDrift.output_cosines`), so one badly quantized output is seen as such.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from trtserve.monitoring.ranges import Range
 
 logger = logging.getLogger(__name__)
+# what the served model answered for a sampled batch (see the module's protocol)
+Served = list[Detections] | dict[str, NDArray[np.generic]] | list[Detections | dict[str, NDArray[np.generic]]]
 
 
 def with_extra_outputs(model_path: Path, tensors: Sequence[str], folder: Path) -> tuple[Path, list[str]]:
@@ -65,9 +71,11 @@ class FrameDrift:
 
     counts: MatchCounts  # served = candidate, shadow = reference
     score_abs_diff_sum: float
-    cosine: float | None = None  # raw-output models
+    cosine: float | None = None  # raw outputs: the mean over the output tensors
     relative_l2: float | None = None
     out_of_range: dict[str, float] | None = None  # tensor label -> fraction outside its calibrated range
+    output_cosines: dict[str, float] | None = None  # raw outputs: output tensor name -> its cosine similarity
+    output_relative_l2: dict[str, float] | None = None  # raw outputs: output tensor name -> its relative L2
 
     @property
     def mean_score_abs_diff(self) -> float:
@@ -91,6 +99,16 @@ def compare_raw(served: NDArray[np.generic], shadow: NDArray[np.generic]) -> tup
     cosine = 1.0 if na == nb == 0 else float(a @ b) / (na * nb) if na and nb else 0.0
     rel = float(np.linalg.norm(a - b)) / nb if nb else (0.0 if na == 0 else 1.0)
     return cosine, rel
+
+
+def compare_raw_outputs(served: dict[str, NDArray[np.generic]], shadow: dict[str, NDArray[np.generic]],
+                        names: Sequence[str]) -> FrameDrift:
+    """One frame's raw output tensors (``names``, each this frame's slice) against the shadow's, tensor by tensor."""
+    pairs = {k: compare_raw(served[k], shadow[k]) for k in names}
+    return FrameDrift(MatchCounts(), 0.0, float(np.mean([p[0] for p in pairs.values()])),
+                      float(np.mean([p[1] for p in pairs.values()])),
+                      output_cosines={k: p[0] for k, p in pairs.items()},
+                      output_relative_l2={k: p[1] for k, p in pairs.items()})
 
 
 def out_of_range_fraction(values: NDArray[np.generic], bounds: Range) -> tuple[int, int]:
@@ -167,8 +185,8 @@ class _Shadow:
         own = [t for t in self.backend.outputs if t.name in head or t.name not in self.ranges]
         return ShadowInfo(self.source, self.backend.inputs, own, list(self.coverage), self.unreadable)
 
-    def compare(self, tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
-                geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+    def compare(self, tensor: NDArray[np.generic], served: Served, geometries: list[Letterbox | None],
+                thresholds: list[Thresholds]) -> list[FrameDrift]:
         setup = self.setup
         shadow_in = self.backend.inputs[0]
         if tensor.dtype == np.uint8 and shadow_in.dtype != np.uint8:
@@ -179,19 +197,24 @@ class _Shadow:
         fixed = shadow_in.shape[0]
         outputs = infer_padded(self.backend, setup.input_name, tensor, fixed if isinstance(fixed, int) else None)
         head_outputs = {k: outputs[k] for k in setup.head_outputs}
-        if isinstance(served, dict):  # a raw head: compare the tensors themselves
-            frames = []
-            for i in range(len(geometries)):
-                pairs = [compare_raw(served[k][i], head_outputs[k][i]) for k in setup.head_outputs]
-                frames.append(FrameDrift(MatchCounts(), 0.0, float(np.mean([p[0] for p in pairs])),
-                                         float(np.mean([p[1] for p in pairs]))))
-        else:
-            shadow_dets = setup.head.decode_each(head_outputs, geometries, thresholds)
-            frames = [compare_detections(s, f, setup.iou_threshold) for s, f in zip(served, shadow_dets)]
+        n = len(geometries)
+        per_frame = [{k: v[i] for k, v in served.items()} for i in range(n)] if isinstance(served, dict) else served
+        framed = [i for i, s in enumerate(per_frame) if isinstance(s, Detections)]
+        frames: list[FrameDrift | None] = [None] * n
+        if framed:  # detections: the shadow's decoded alike, then matched
+            shadow_out = head_outputs if len(framed) == n else {k: v[framed] for k, v in head_outputs.items()}
+            shadow_dets = setup.head.decode_each(shadow_out, [geometries[i] for i in framed],  # type: ignore[misc]
+                                                 [thresholds[i] for i in framed])
+            for i, shadow_det in zip(framed, shadow_dets):
+                frames[i] = compare_detections(per_frame[i], shadow_det, setup.iou_threshold)  # type: ignore[arg-type]
+        for i, frame in enumerate(per_frame):
+            if isinstance(frame, dict):  # raw outputs: compare the tensors themselves, one by one
+                frames[i] = compare_raw_outputs(frame, {k: v[i] for k, v in head_outputs.items()},
+                                                setup.head_outputs)
+        done = [f for f in frames if f is not None]
         if not self.coverage:
-            return frames
-        return [FrameDrift(f.counts, f.score_abs_diff_sum, f.cosine, f.relative_l2,
-                           self._coverage(i, tensor, outputs)) for i, f in enumerate(frames)]
+            return done
+        return [replace(f, out_of_range=self._coverage(i, tensor, outputs)) for i, f in enumerate(done)]
 
     def _coverage(self, i: int, tensor: NDArray[np.generic], outputs: dict[str, NDArray[np.generic]]
                   ) -> dict[str, float]:
@@ -216,8 +239,8 @@ def shadow_open(setup: ShadowSetup) -> ShadowInfo:
     return _shadow.info()
 
 
-def shadow_compare(tensor: NDArray[np.generic], served: list[Detections] | dict[str, NDArray[np.generic]],
-                    geometries: list[Letterbox], thresholds: list[Thresholds]) -> list[FrameDrift]:
+def shadow_compare(tensor: NDArray[np.generic], served: Served, geometries: list[Letterbox | None],
+                   thresholds: list[Thresholds]) -> list[FrameDrift]:
     assert _shadow is not None, "the shadow process was not opened"
     return _shadow.compare(tensor, served, geometries, thresholds)
 

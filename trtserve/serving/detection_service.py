@@ -2,6 +2,11 @@
 
 Errors become gRPC status codes in :mod:`trtserve.serving.protocol` (shared with KServe). In ``StreamDetect`` a
 failing frame does not end the stream: it is answered with ``STATUS_ERROR`` and its code and reason.
+
+A ``head: raw`` model answers with its own output tensors in ``DetectResponse.tensors`` (each its frame's slice, the
+batch dim removed, row-major little-endian bytes, KServe datatype names); ``DetectRequest.outputs`` asks for some of
+them (empty: all; a name the model does not have, or ``outputs`` on a detector, is INVALID_ARGUMENT before the frame
+runs). Raw pixels may be BGR8, RGB8 or GRAY8 (one byte per pixel, converted to BGR as grayscale encoded frames are).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import numpy as np
 
 from trtserve.errors import InvalidFrameError, TrtserveError, clip
 from trtserve.heads.base import Thresholds
+from trtserve.serving.kserve_dataplane import kserve_datatype, raw_outputs
 from trtserve.serving.pipeline import FrameOutcome, Pipeline, find_pipeline
 from trtserve.serving.protocol import answer_freshest, answer_in_order, fail_call, public_reason, status_code
 from trtserve.v1 import detection_pb2 as pb
 from trtserve.v1 import detection_pb2_grpc as pb_grpc
+
+_CHANNELS = {pb.PIXEL_FORMAT_BGR8: 3, pb.PIXEL_FORMAT_RGB8: 3, pb.PIXEL_FORMAT_GRAY8: 1}
 
 
 def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
@@ -29,15 +37,40 @@ def _frame(request: pb.DetectRequest) -> bytes | np.ndarray:
         return request.image.encoded
     if kind == "raw":
         raw = request.image.raw
-        expected = raw.height * raw.width * 3
-        if raw.format not in (pb.PIXEL_FORMAT_BGR8, pb.PIXEL_FORMAT_RGB8):
-            raise InvalidFrameError("raw image has no pixel format; set PIXEL_FORMAT_BGR8 or PIXEL_FORMAT_RGB8")
+        channels = _CHANNELS.get(raw.format)
+        if channels is None:
+            raise InvalidFrameError("raw image has no pixel format; set PIXEL_FORMAT_BGR8, PIXEL_FORMAT_RGB8 or "
+                                    "PIXEL_FORMAT_GRAY8")
+        expected = raw.height * raw.width * channels
         if len(raw.pixels) != expected:
-            raise InvalidFrameError(f"raw image of {raw.width}x{raw.height}x3 needs {expected} bytes, "
+            what = "GRAY8, one byte per pixel" if channels == 1 else f"{pb.PixelFormat.Name(raw.format)[13:]} x3"
+            raise InvalidFrameError(f"raw image of {raw.width}x{raw.height} ({what}) needs {expected} bytes, "
                                     f"got {len(raw.pixels)}")
+        if channels == 1:  # grayscale (IR and night cameras): converted to BGR by the pipeline's frame check
+            return np.frombuffer(raw.pixels, np.uint8).reshape(raw.height, raw.width)
         array = np.frombuffer(raw.pixels, np.uint8).reshape(raw.height, raw.width, 3)
         return np.ascontiguousarray(array[..., ::-1]) if raw.format == pb.PIXEL_FORMAT_RGB8 else array
     raise InvalidFrameError("request has no image; set image.encoded or image.raw")
+
+
+def requested_outputs(pipeline: Pipeline, request: pb.DetectRequest) -> tuple[str, ...]:
+    """The output tensors a frame is answered with: none for a detector, the requested ones (all when none are) for
+    a ``head: raw`` model; InvalidFrameError for an unknown or repeated name, or ``outputs`` on a detector."""
+    names = list(request.outputs)
+    if pipeline.detector.head.type != "raw":
+        if names:
+            raise InvalidFrameError(f"model {pipeline.detector.config.name!r} decodes detections; 'outputs' applies to "
+                                    "head: raw models only (for its raw tensors use the KServe model "
+                                    f"'{pipeline.detector.config.name}.raw')")
+        return ()
+    known = [t.name for t in raw_outputs(pipeline)]
+    for i, name in enumerate(names):
+        if name not in known:
+            raise InvalidFrameError(f"unknown output {clip(name)} requested; model "
+                                    f"{pipeline.detector.config.name!r} has outputs {known}")
+        if name in names[:i]:
+            raise InvalidFrameError(f"output {name!r} is requested more than once")
+    return tuple(names) or tuple(known)
 
 
 OVERLOAD_POLICY_KEY = "x-trtserve-overload-policy"
@@ -69,17 +102,19 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         self.frames_started += 1
         try:
             pipeline = self._pipeline(request.model)
+            outputs = requested_outputs(pipeline, request)
             outcome = await pipeline.detect(_frame(request), self._thresholds(pipeline, request), deadline_s)
         except Exception as exc:
             response.status = pb.STATUS_ERROR
             response.error_code = status_code(exc).name
             response.reason = public_reason(exc, f"frame {request.stream_id}/{request.sequence}")
             return response
-        self._fill(response, pipeline, outcome)
+        self._fill(response, pipeline, outcome, outputs)
         return response
 
     @staticmethod
-    def _fill(response: pb.DetectResponse, pipeline: Pipeline, outcome: FrameOutcome) -> None:
+    def _fill(response: pb.DetectResponse, pipeline: Pipeline, outcome: FrameOutcome,
+              outputs: tuple[str, ...] = ()) -> None:
         names = pipeline.detector.config.class_names
         det = outcome.detections
         response.status = pb.STATUS_OK
@@ -94,6 +129,10 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
         for box, score, cls in zip(det.boxes_xyxy.tolist(), det.scores.tolist(), det.class_ids.tolist()):
             response.detections.add(box=pb.Box(x_min=box[0], y_min=box[1], x_max=box[2], y_max=box[3]),
                                     score=score, class_id=cls, label=names[cls] if cls < len(names) else str(cls))
+        for name in outputs:
+            array = np.ascontiguousarray(det.raw[name])
+            response.tensors.add(name=name, datatype=kserve_datatype(array.dtype), shape=list(array.shape),
+                                 data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:  # noqa: N802
         remaining = context.time_remaining()

@@ -14,6 +14,9 @@ only the framing differs. Served (Triton's paths; ``/versions/{v}`` may follow `
 ``POST /v2/repository/index``           the loaded models
 ======================================  ==============================================================
 
+Every model ``m`` is also served as ``m.raw``, its raw tensor interface (the model's own input tensor in, its own
+output tensors out; see :mod:`trtserve.serving.kserve_dataplane`): numeric tensors in JSON ``data`` or binary data.
+
 Inference bodies: a JSON object (``inputs``, optional ``outputs``, ``id``, ``parameters``), or — the binary tensor
 data extension — a JSON header of ``Inference-Header-Content-Length`` bytes followed by the inputs that declare
 ``"parameters": {"binary_data_size": n}``, back to back in input order (a BYTES tensor in Triton's length-prefixed

@@ -4,6 +4,9 @@ Uses the servicer stubs that the ``tritonclient`` wheel ships, so ``tritonclient
 trtserve unchanged. What a model looks like, how a request is checked and run, and the statistics are
 :mod:`trtserve.serving.kserve_dataplane`'s, shared with the HTTP/REST transport; this module maps them onto gRPC.
 
+Every model ``m`` is served twice: as ``m`` (encoded images in, detections out) and as ``m.raw`` (the model's own
+tensors in and out; the data plane's docstring says how and why).
+
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
 RepositoryIndex, ModelInfer, ModelStreamInfer, RepositoryModelLoad / Unload (the model control's load / unload,
 with ``model_control: true``). Every other method of the service (shared memory, trace and log settings) answers

@@ -6,6 +6,15 @@ RESOURCE_EXHAUSTED, before any byte of it is decoded. Decoding and letterboxing 
 the server's models; the engine runs on the pipeline's own threads (one per batcher instance), so inference never
 waits behind the decode of a frame. OpenCV, NumPy and ONNX Runtime release the GIL, so decoding of the next frames
 overlaps inference of the current batch. Adapters (gRPC services, CLI, benchmark) call :meth:`Pipeline.detect`.
+
+The model's raw tensor interface (KServe's ``<name>.raw``: the client preprocesses itself, as DeepStream's
+nvinferserver does) is :meth:`Pipeline.infer_tensor`: one frame of the model's own input tensor in, its slice of
+every output tensor back. Such a frame goes through the same admission and the same batcher as the detector's frames,
+so frames of both interfaces share batches and the engine (a batch holding both stacks the letterboxed frames,
+normalized, with the tensors as they came). It is counted under the model name ``<name>.raw`` in the frame and stage
+metrics; the batch sizes (``trtserve_batch_size``) stay the engine's, under ``<name>``. A model that normalizes
+inside (``normalize_in_model``) takes letterboxed uint8 frames, not its own input tensor: it has no raw interface
+(:attr:`Pipeline.raw_input` is None, :attr:`Pipeline.raw_unavailable` says why).
 """
 
 from __future__ import annotations
@@ -19,10 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from trtserve.backends.input_prefix import FoldsInput
 from trtserve.detector import BatchRun, Detector, Frame
 from trtserve.errors import (
     ConfigError,
     DeadlineExceededError,
+    InvalidFrameError,
     ModelNotFoundError,
     NotServingError,
     QueueFullError,
@@ -33,27 +44,41 @@ from trtserve.heads.base import Thresholds
 from trtserve.monitoring.drift import DriftMonitor
 from trtserve.monitoring.metrics import Metrics, ModelMetrics
 from trtserve.serving.batcher import DynamicBatcher
+from trtserve.serving.coalesced_executor import CoalescedExecutor
 from trtserve.serving.settings import BatcherConfig
 from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 
+RAW_SUFFIX = ".raw"  # the raw tensor interface of model ``m`` is served as model ``m.raw``
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """The model's own input tensor, as a client of the raw interface sends it: one frame of it (no batch dim)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class _Job:
-    image: NDArray[np.uint8]
-    geometry: Letterbox
+    image: NDArray[np.uint8] | None  # the letterboxed frame; None for a raw tensor frame
+    geometry: Letterbox | None
     thresholds: Thresholds
     enqueued_s: float
     preprocess_s: float  # decode, check and letterbox of this frame
+    tensor: NDArray[np.generic] | None = None  # a raw tensor frame: the model's input for this frame, as sent
 
 
 @dataclass(frozen=True)
 class _Done:
-    detections: Detections
+    detections: Detections | None  # None for a raw tensor frame
     dequeued_s: float
     preprocess_s: float  # the batch's normalize
     inference_s: float
     postprocess_s: float
+    outputs: dict[str, NDArray[np.generic]] | None = None  # a raw tensor frame: its slice of every output
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,31 @@ class FrameOutcome:
     total_s: float
 
 
+@dataclass(frozen=True)
+class TensorOutcome:
+    """One raw tensor frame's answer: its slice of every output tensor (batch dim removed), and its times (s)."""
+
+    outputs: dict[str, NDArray[np.generic]]
+    queue_s: float
+    preprocess_s: float  # assembling its batch (the detector frames' normalize, when it shares one with them)
+    inference_s: float
+    total_s: float
+
+
+def raw_input_of(detector: Detector) -> tuple[RawInput | None, str]:
+    """The model's raw tensor interface, or None and why it has none."""
+    backend = detector.backend
+    if isinstance(backend, FoldsInput) and backend.input_folded:
+        return None, (f"model {detector.config.name!r} normalizes inside the model (normalize_in_model: true), so "
+                      "its engine takes letterboxed uint8 frames, not its own input tensor; serve it with "
+                      "normalize_in_model off to send preprocessed tensors")
+    info = next(t for t in backend.inputs if t.name == detector.input_name)
+    spec = detector.config.input
+    known = (3, spec.height_px, spec.width_px) if spec.layout == "nchw" else (spec.height_px, spec.width_px, 3)
+    dims = tuple(int(d) if d is not None else k for d, k in zip(info.shape[1:], known))
+    return RawInput(info.name, np.dtype(info.dtype), dims), ""
+
+
 class Pipeline:
     """Decode, batch, infer and decode detections for one model; metrics and drift sampling hooked in."""
 
@@ -82,6 +132,7 @@ class Pipeline:
         self.detector = detector
         self.settings = cfg
         self._decode_executor = decode_executor
+        self._decoder = CoalescedExecutor(decode_executor)  # frames decoded together share pool jobs and loop hops
         # the engine's own threads: a batch never waits for a decode (shut down in stop)
         self._engine_executor = ThreadPoolExecutor(cfg.instances, thread_name_prefix=f"trtserve-{detector.config.name}")
         self.max_admitted = cfg.max_queue_size
@@ -94,6 +145,16 @@ class Pipeline:
         self.metrics = ModelMetrics(metrics or Metrics(process=False), detector.config.name, detector.precision)
         self.metrics.track(lambda: self.batcher.queue_depth, lambda: self.batcher.in_flight, cfg.max_queue_size)
         self.drift = drift
+        self.raw_input, self.raw_unavailable = raw_input_of(detector)
+        self._raw_metrics: ModelMetrics | None = None
+
+    @property
+    def raw_metrics(self) -> ModelMetrics:
+        """The series of the raw interface (model ``<name>.raw``), made on first use: none exist before."""
+        if self._raw_metrics is None:
+            self._raw_metrics = ModelMetrics(self.metrics.metrics, self.detector.config.name + RAW_SUFFIX,
+                                             self.detector.precision)
+        return self._raw_metrics
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -132,10 +193,9 @@ class Pipeline:
             raise
         self.admitted += 1
         try:
-            loop = asyncio.get_running_loop()
             self._decoding += 1
             try:
-                image, geometry, prep_s = await loop.run_in_executor(self._decode_executor, self._prepare, frame)
+                image, geometry, prep_s = await self._decoder.run(self._prepare, frame)
             finally:
                 self._decoding -= 1
             job = _Job(image, geometry, thresholds or self.detector.thresholds, time.monotonic(), prep_s)
@@ -145,11 +205,48 @@ class Pipeline:
             raise
         finally:
             self.admitted -= 1
+        assert done.detections is not None  # a letterboxed frame's answer
         outcome = FrameOutcome(done.detections, geometry.original_width_px, geometry.original_height_px,
                                done.dequeued_s - job.enqueued_s, job.preprocess_s + done.preprocess_s,
                                done.inference_s, done.postprocess_s, time.monotonic() - t0)
         self.metrics.frame_ok(outcome.queue_s, outcome.preprocess_s, outcome.inference_s, outcome.postprocess_s,
                               outcome.total_s)
+        return outcome
+
+    def check_tensor(self, tensor: NDArray[np.generic]) -> None:
+        """InvalidFrameError unless ``tensor`` is one frame of the model's input (dtype and dims exactly)."""
+        raw = self.raw_input
+        if raw is None:
+            raise InvalidFrameError(self.raw_unavailable)
+        if tensor.dtype != raw.dtype or tuple(tensor.shape) != raw.dims:
+            raise InvalidFrameError(f"a frame of input {raw.name!r} is {tensor.dtype} {list(tensor.shape)}; the model "
+                                    f"takes {raw.dtype} {list(raw.dims)} per frame")
+
+    async def infer_tensor(self, tensor: NDArray[np.generic], deadline_s: float | None = None) -> TensorOutcome:
+        """Run one frame of the model's own input tensor (:attr:`raw_input`) through the batcher, beside the
+        detector's frames; returns its slice of every output. Raises InvalidFrameError for a tensor of the wrong
+        dtype or dims, and the pipeline's errors (QueueFullError, ...) as :meth:`detect` does."""
+        metrics = self.raw_metrics
+        t0 = time.monotonic()
+        try:
+            self.check_tensor(tensor)
+            self._admit(deadline_s)
+        except (InvalidFrameError, QueueFullError, NotServingError, DeadlineExceededError) as exc:
+            metrics.frame_error(code_name(exc))
+            raise
+        self.admitted += 1
+        try:
+            job = _Job(None, None, self.detector.thresholds, time.monotonic(), 0.0, tensor)
+            done = await self.batcher.submit(job, deadline_s)
+        except BaseException as exc:
+            metrics.frame_error(code_name(exc))
+            raise
+        finally:
+            self.admitted -= 1
+        assert done.outputs is not None
+        outcome = TensorOutcome(done.outputs, done.dequeued_s - job.enqueued_s, done.preprocess_s, done.inference_s,
+                                time.monotonic() - t0)
+        metrics.frame_ok(outcome.queue_s, outcome.preprocess_s, outcome.inference_s, 0.0, outcome.total_s)
         return outcome
 
     def _admit(self, deadline_s: float | None) -> None:
@@ -165,13 +262,15 @@ class Pipeline:
             raise DeadlineExceededError("the call's deadline passed before its frame could be decoded")
 
     async def _run_batch(self, jobs: list[_Job]) -> list[_Done]:
+        if any(j.tensor is not None for j in jobs):
+            return await self._run_mixed_batch(jobs)
         dequeued = time.monotonic()
         loop = asyncio.get_running_loop()
-        geometries = [j.geometry for j in jobs]
+        geometries = [j.geometry for j in jobs if j.geometry is not None]  # all of them: letterboxed frames only
         thresholds = [j.thresholds for j in jobs]
 
         def infer() -> BatchRun:
-            run = self.detector.run_batch([j.image for j in jobs], geometries, thresholds)
+            run = self.detector.run_batch([j.image for j in jobs if j.image is not None], geometries, thresholds)
             if self.drift is not None:
                 self.drift.offer(run, geometries, thresholds)  # returns at once; the shadow runs elsewhere
             return run
@@ -179,6 +278,51 @@ class Pipeline:
         run = await loop.run_in_executor(self._engine_executor, infer)
         self.metrics.batch_size.observe(len(jobs))
         return [_Done(d, dequeued, run.preprocess_s, run.inference_s, run.postprocess_s) for d in run.detections]
+
+    async def _run_mixed_batch(self, jobs: list[_Job]) -> list[_Done]:
+        """A batch holding raw tensor frames (maybe beside letterboxed ones): one engine run for all of them."""
+        dequeued = time.monotonic()
+        loop = asyncio.get_running_loop()
+        raw = self.raw_input
+        assert raw is not None
+        framed = [i for i, j in enumerate(jobs) if j.tensor is None]
+        geometries = [j.geometry for j in jobs]
+        thresholds = [j.thresholds for j in jobs]
+        detector = self.detector
+
+        def infer() -> tuple[BatchRun, dict[str, NDArray[np.generic]]]:
+            t0 = time.perf_counter()
+            tensor = np.empty((len(jobs), *raw.dims), raw.dtype)
+            if framed:
+                images = [jobs[i].image for i in framed]
+                tensor[framed] = detector.preprocessor.to_input(images)  # type: ignore[arg-type]
+            for i, job in enumerate(jobs):
+                if job.tensor is not None:
+                    tensor[i] = job.tensor
+            t1 = time.perf_counter()
+            outputs = detector.infer_tensor(tensor)
+            t2 = time.perf_counter()
+            detections: list[Detections] = []
+            if framed:
+                detections = detector.decode({k: v[framed] for k, v in outputs.items()},
+                                             [geometries[i] for i in framed],  # type: ignore[misc]
+                                             [thresholds[i] for i in framed])
+            t3 = time.perf_counter()
+            run = BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2)
+            if self.drift is not None:
+                self.drift.offer(run, geometries, thresholds, [j.tensor is not None for j in jobs])
+            return run, outputs
+
+        run, outputs = await loop.run_in_executor(self._engine_executor, infer)
+        self.metrics.batch_size.observe(len(jobs))  # the engine's batch, whatever its frames' interface
+        raw_frames = len(jobs) - len(framed)
+        executions = self.raw_metrics.totals.executions  # the raw interface's ModelStatistics: its frames per batch
+        executions[raw_frames] = executions.get(raw_frames, 0) + 1
+        found = iter(run.detections)
+        return [_Done(next(found), dequeued, run.preprocess_s, run.inference_s, run.postprocess_s)
+                if job.tensor is None else
+                _Done(None, dequeued, run.preprocess_s, run.inference_s, 0.0, {k: v[i] for k, v in outputs.items()})
+                for i, job in enumerate(jobs)]
 
 
 def find_pipeline(pipelines: Mapping[str, Pipeline], name: str) -> Pipeline:

@@ -250,7 +250,10 @@ def test_a_raw_head_model_is_compared_tensor_to_tensor_with_configured_coverage(
         rel_l2 = value(m, "trtserve_drift_output_relative_l2_sum", **labels) / 16
         assert cosine > 0.99 and 0 < rel_l2 < 0.2  # INT8 raw outputs close to FP32, not identical
         assert value(m, "trtserve_drift_agreement_f1_count", **labels) == 0  # no detections to match
-        assert value(m, "trtserve_drift_window_agreement_f1", **labels) == pytest.approx(cosine, abs=1e-6)
+        assert np.isnan(value(m, "trtserve_drift_window_agreement_f1", **labels))  # F1 only: no detections here
+        # the one output's cosine, per output (test_drift_per_output.py: a model with two)
+        assert value(m, "trtserve_drift_window_output_cosine_similarity", output="output0",
+                     **labels) == pytest.approx(cosine, abs=1e-6)
         assert value(m, "trtserve_calibration_out_of_range_ratio_count", tensor=tensor, **labels) == 16
 
     asyncio.run(serve(ModelRepository(tmp_path / "engines"), SHADOW_ALL, test))

@@ -98,8 +98,8 @@ def test_metadata_and_readiness_match_the_grpc_port(served: Served) -> None:
         (t["name"], t["shape"]) for t in meta["outputs"]]
     assert client.get_server_metadata()["extensions"] == ["model_configuration", "binary_tensor_data", "statistics"]
     status, _, body = request(f"{served.http}/v2/repository/index", b"{}", method="POST")
-    assert status == 200 and json.loads(body) == [{"name": "shapes", "version": "1", "state": "READY",
-                                                   "reason": ""}]
+    assert status == 200 and json.loads(body) == [{"name": name, "version": "1", "state": "READY", "reason": ""}
+                                                  for name in ("shapes", "shapes.raw")]
 
 
 def test_infer_binary_and_json_answer_what_grpc_answers(served: Served) -> None:
@@ -207,7 +207,7 @@ def test_statistics_over_http_are_the_grpc_ones(served: Served) -> None:
     assert over_http["inference_stats"]["fail"] == {"count": int(over_grpc["inference_stats"]["fail"]["count"]),
                                                     "ns": 0}
     status, _, reply = request(f"{served.http}/v2/models/stats")
-    assert status == 200 and [m["name"] for m in json.loads(reply)["model_stats"]] == ["shapes"]
+    assert status == 200 and [m["name"] for m in json.loads(reply)["model_stats"]] == ["shapes", "shapes.raw"]
 
 
 def test_the_http_port_takes_the_grpc_ports_tokens(tmp_path: Path) -> None:

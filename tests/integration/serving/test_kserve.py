@@ -83,7 +83,8 @@ def test_metadata_and_readiness(address: str) -> None:
                                                                   ("NUM_DETECTIONS", ["1"])]
     assert client.get_server_metadata(as_json=True)["extensions"] == ["model_configuration", "binary_tensor_data",
                                                                       "statistics"]
-    assert [m["name"] for m in client.get_model_repository_index(as_json=True)["models"]] == ["shapes"]
+    # the detector and its raw tensor interface (test_raw_interface.py)
+    assert [m["name"] for m in client.get_model_repository_index(as_json=True)["models"]] == ["shapes", "shapes.raw"]
 
 
 def test_model_infer_and_stream_infer_match_detect(address: str) -> None:
@@ -255,7 +256,7 @@ def test_model_statistics_have_tritons_fields_from_the_prometheus_counters(serve
         m["inference_count"])
     assert int(m["last_inference"]) > (time.time() - 600) * 1000
     every = client.get_inference_statistics(as_json=True)["model_stats"]  # no name: every model
-    assert [x["name"] for x in every] == ["shapes"]
+    assert [x["name"] for x in every] == ["shapes", "shapes.raw"]
     with pytest.raises(InferenceServerException) as info:
         client.get_inference_statistics("cars")
     assert "NOT_FOUND" in str(info.value.status())

@@ -78,3 +78,16 @@ def test_perf_analyzer_measures_throughput_without_errors(served: Served, protoc
     # the server side of its report comes from ModelStatistics
     served_count = int(re.search(r"Successful request count: (\d+)", out).group(1))  # type: ignore[union-attr]
     assert served_count > 0 and "compute infer" in out
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_drives_the_raw_tensor_interface_with_random_data(served: Served, protocol: str) -> None:
+    """``shapes.raw`` (the model's own FP32 input tensor): perf_analyzer makes the tensors itself from the metadata."""
+    url = served.grpc if protocol == "grpc" else served.http
+    cmd = [str(perf_analyzer()), "-m", "shapes.raw", "-i", protocol, "-u", url, "--concurrency-range", "2",
+           "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "error" not in out.lower(), out[-3000:]
+    assert float(re.search(r"Throughput: ([0-9.]+) infer/sec", out).group(1)) > 0  # type: ignore[union-attr]
+    assert int(re.search(r"Successful request count: (\d+)", out).group(1)) > 0  # type: ignore[union-attr]
