@@ -36,6 +36,7 @@ class InputSpec:
     std: tuple[float, float, float]
     pad_value: int
     interpolation: str = "linear"  # letterbox resize: linear | area
+    exif_orientation: bool = True  # turn JPEGs upright by their EXIF orientation (false: use the stored pixels)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,12 @@ class ModelConfig:
     backend: str = "onnxruntime"
     engine: EngineSpec = field(default_factory=EngineSpec)
     calibration_reservoir: Mapping[str, Any] = field(default_factory=dict)  # the model's own keys (over the server's)
+    # the Q/DQ ONNX 'onnx:' names when it is already quantized (QAT / pre-quantized): served as int8 as it is, and
+    # onnx_path is then its FP32 copy with the Q/DQ folded away (trtserve.repository sets both)
+    prequantized: Path | None = None
+    # ``device:`` — the GPUs (CUDA device indices) the model runs on; the server's instances are spread over them
+    # round-robin (instance i on devices[i % len]). Empty: the runtime's default device (GPU 0)
+    devices: tuple[int, ...] = ()
 
     def reservoir_settings(self, server_defaults: ReservoirSpec) -> ReservoirSpec:
         """The server's ``calibration_reservoir`` with this model's keys on top."""
@@ -208,11 +215,11 @@ class ModelConfig:
 
 
 _TOP_KEYS = {"name", "onnx", "input", "head", "classes", "max_batch_size", "max_frame_pixels", "artifacts",
-             "quantization", "drift", "backend", "engine", "calibration_reservoir"}
+             "quantization", "drift", "backend", "engine", "calibration_reservoir", "device"}
 _ENGINE_KEYS = {"auto_build", "opt_batch", "workspace_gb", "dla_core"}
 _QUANT_KEYS = {"keep_head_float", "exclude_nodes", "exclude_op_types"}
 _INPUT_KEYS = {"name", "layout", "height_px", "width_px", "color_order", "scale", "mean", "std", "pad_value",
-               "interpolation"}
+               "interpolation", "exif_orientation"}
 _HEAD_KEYS = {"type", "score_threshold", "iou_threshold", "max_detections", "class_agnostic_nms"}
 
 
@@ -300,6 +307,7 @@ def load_model_config(path: Path) -> ModelConfig:
         std=std,
         pad_value=inp.number("pad_value", 114, lo=0, hi=255, integer=True),
         interpolation=inp.choice("interpolation", ("linear", "area"), "linear"),
+        exif_orientation=inp.get("exif_orientation", bool, True, "true or false"),
     )
 
     head = YamlReader(path, top.get("head", dict, {}), "head", _HEAD_KEYS)
@@ -352,6 +360,7 @@ def load_model_config(path: Path) -> ModelConfig:
         dla_core=eng.number("dla_core", None, lo=0, hi=15, integer=True) if "dla_core" in eng.data else None,
     )
 
+    devices = read_devices(top)
     return ModelConfig(
         name=name,
         directory=directory,
@@ -368,4 +377,22 @@ def load_model_config(path: Path) -> ModelConfig:
         backend=top.choice("backend", BACKENDS.names(), "onnxruntime"),
         engine=engine,
         calibration_reservoir=reservoir,
+        devices=devices,
     )
+
+
+MAX_DEVICE_INDEX = 63  # CUDA device indices beyond this are a typo (whether the GPU exists is checked at load)
+
+
+def read_devices(top: YamlReader) -> tuple[int, ...]:
+    """``device: N`` or ``device: [N, M, ...]`` (distinct GPU indices) -> a tuple; absent -> ()."""
+    if "device" not in top.data:
+        return ()
+    value = top.data["device"]
+    expected = (f"a GPU index (an integer in [0, {MAX_DEVICE_INDEX}]) or a non-empty list of distinct GPU indices, "
+                "e.g. 1 or [0, 1]")
+    listed = value if isinstance(value, list) else [value]
+    if not listed or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_DEVICE_INDEX
+                             for v in listed) or len(set(listed)) != len(listed):
+        top.fail("device", value, expected)
+    return tuple(int(v) for v in listed)

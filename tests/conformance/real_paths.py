@@ -91,12 +91,36 @@ def cli(args: list[str]) -> dict[str, Any]:
     return {"code": code, "stderr": err.getvalue()}
 
 
+def double_api(real: Any) -> dict[str, Any]:
+    """What the CUDA double offers that this real cuda-python runtime module lacks or spells otherwise: functions
+    missing or not callable, enum members missing or with another value."""
+    import enum
+
+    from tests.doubles.cuda_double import CudaDouble
+
+    double = CudaDouble().module("double")
+    missing, wrong = [], []
+    for name in sorted(n for n in vars(double) if n.startswith("cuda")):
+        ours = getattr(double, name)
+        theirs = getattr(real, name, None)
+        if theirs is None:
+            missing.append(name)
+        elif isinstance(ours, type) and issubclass(ours, enum.Enum):
+            for member in ours:
+                got = getattr(theirs, member.name, None)
+                if got is None or int(got) != int(member.value):
+                    wrong.append(f"{name}.{member.name}={member.value} (real: {None if got is None else int(got)})")
+        elif not callable(theirs):
+            wrong.append(f"{name} is not callable in the real module")
+    return {"checked": sorted(n for n in vars(double) if n.startswith("cuda")), "missing": missing, "wrong": wrong}
+
+
 def cuda() -> dict[str, Any]:
     from trtserve.errors import BackendError
     from trtserve.tensorrt.cuda import CudaRuntime
 
     runtime = CudaRuntime()
-    out: dict[str, Any] = {"module": runtime.rt.__name__}
+    out: dict[str, Any] = {"module": runtime.rt.__name__, "double_api": double_api(runtime.rt)}
     try:
         runtime.device()
         out["device"] = "no error"

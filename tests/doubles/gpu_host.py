@@ -26,14 +26,15 @@ class FakeHost:
 
 def install(monkeypatch: pytest.MonkeyPatch, version: str = "10.3.0", cuda_path: str = "cuda.bindings.runtime",
             gpu_name: str = "NVIDIA Double GPU", compute_capability: tuple[int, int] = (8, 9),
-            num_dla_cores: int = 0, factories_fail: bool = False, cuda_driver: str = "ok") -> FakeHost:
+            num_dla_cores: int = 0, factories_fail: bool = False, cuda_driver: str = "ok",
+            more_gpus: tuple[tuple[str, tuple[int, int]], ...] = ()) -> FakeHost:
     """Make ``import tensorrt`` give TensorRT ``version``'s double and cuda-python's ``cuda_path`` the CUDA double.
 
     The other cuda-python path is made unimportable, so both lookup orders are exercised. ``factories_fail``
     makes TensorRT's Builder and Runtime fail as on a host whose CUDA cannot start; ``cuda_driver`` is the
-    CUDA double's driver (see :class:`CudaDouble`).
+    CUDA double's driver (see :class:`CudaDouble`); ``more_gpus`` are GPUs 1, 2, ... beside ``gpu_name`` (GPU 0).
     """
-    cuda = install_cuda(monkeypatch, cuda_path, CudaDouble(gpu_name, compute_capability, cuda_driver))
+    cuda = install_cuda(monkeypatch, cuda_path, CudaDouble(gpu_name, compute_capability, cuda_driver, more_gpus))
     trt = make_tensorrt(version, cuda, num_dla_cores, factories_fail)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return FakeHost(trt, cuda)

@@ -429,10 +429,10 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
     calls: list[str] = m._calls  # type: ignore[attr-defined]
 
     class ICudaEngine:
-        def __init__(self, header: dict[str, Any], onnx_bytes: bytes) -> None:
+        def __init__(self, header: dict[str, Any], onnx_bytes: bytes, logger: Any) -> None:
             import onnxruntime as ort
 
-            self._header = header
+            self._header, self._logger = header, logger
             self._inputs = [(n, tuple(s), t) for n, s, t in header["inputs"]]
             self._outputs = [(n, tuple(s), t) for n, s, t in header["outputs"]]
             self._io = self._inputs + self._outputs
@@ -441,6 +441,7 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
             so.log_severity_level = 3
             self._session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
             self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+            self._device = device.record("deserialize_cuda_engine")  # an engine lives on the device current then
 
         @property
         def num_optimization_profiles(self) -> int:
@@ -545,6 +546,18 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
                 return next(t[1] for t in self._engine._io if t[0] == name)
             return self._engine._output_shapes(self._input_shapes)[name]
 
+        def _on_engine_device(self, stream_handle: int, addresses: dict[str, int]) -> bool:
+            """TensorRT's kernels run on the current device: it must be the engine's, and so must the stream and
+            every buffer (else CUDA fails the launch, which TensorRT logs, and the enqueue returns False)."""
+            e = self._engine
+            where = device.record("enqueue")
+            if where == e._device and device.on_device(where, stream_handle, *addresses.values()):
+                return True
+            log(e._logger, severity.ERROR, f"[executionContext.cpp::enqueue] Error Code 1: Cuda Runtime (invalid "
+                                           f"resource handle): the engine is on device {e._device}, the current "
+                                           f"device is {where}")
+            return False
+
         def _execute(self, addresses: dict[str, int]) -> bool:
             e = self._engine
             if len(self._input_shapes) < len(e._inputs) or any(n not in addresses for n, _, _ in e._io):
@@ -578,7 +591,7 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             calls.append("execute_async_v3")
-            if int(stream_handle) not in device.streams:
+            if int(stream_handle) not in device.streams or not self._on_engine_device(stream_handle, self._addresses):
                 return False
             return self._execute(self._addresses)
 
@@ -608,7 +621,10 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
             if len(bindings) != len(e._io) * len(e._profiles) or int(stream_handle) not in device.streams:
                 return False
             base = self._profile * len(e._io)
-            return self._execute({n: int(bindings[base + j]) for j, (n, _, _) in enumerate(e._io)})
+            addresses = {n: int(bindings[base + j]) for j, (n, _, _) in enumerate(e._io)}
+            if not self._on_engine_device(stream_handle, addresses):
+                return False
+            return self._execute(addresses)
 
     engine_class, context_class = (ICudaEngineV8, IExecutionContextV8) if v8 else (ICudaEngine, IExecutionContext)
 
@@ -643,7 +659,7 @@ def _runtime_class(m: ModuleType, v8: bool, nv_version: int, device: CudaDouble,
                 log(self._logger, severity.ERROR, f"The engine plan file is generated on an incompatible device, "
                                                   f"expecting compute {cc} got compute {header['cc']}, please rebuild.")
                 return None
-            return engine_class(header, onnx_bytes)
+            return engine_class(header, onnx_bytes, self._logger)
 
     return Runtime, engine_class, context_class
 

@@ -44,6 +44,13 @@ class BackendOptions:
     spin_wait: bool = True
     precision: str = "fp32"  # set by Detector.open; tells onnxruntime's TensorRT provider what to enable
     execution_contexts: int = 0  # tensorrt: concurrent batches (0: one per optimization profile of the engine)
+    # the GPU (CUDA device index, as this process sees them) the model runs on; None: the runtime's current device
+    # (GPU 0). model.yaml's ``device:`` sets it; a list there spreads instances over GPUs (backends/devices.py)
+    device_id: int | None = None
+    instances: int = 0  # batches the server runs at once (0: not serving, e.g. the CLI): spread over ``device:``
+    # a reload while serving: a backend whose model file is built for the host (a TensorRT engine) builds it now
+    # when none fits the current sources (a recalibrated Q/DQ model or cache), with the settings of the one it had
+    rebuild_engine: bool = False
 
 
 class HostFacts(Protocol):
@@ -107,9 +114,16 @@ class Backend(abc.ABC):
         """What this backend can run on ``host`` (for ``trtserve doctor``); never raises, never loads a model."""
 
     @classmethod
-    def model_file(cls, config: ModelConfig, precision: str) -> Path:
-        """The file this backend loads for ``config`` at ``precision`` (default: the model.yaml artifact)."""
+    def model_file(cls, config: ModelConfig, precision: str, device_id: int | None = None,
+                   rebuild: bool = False) -> Path:
+        """The file this backend loads for ``config`` at ``precision`` on GPU ``device_id`` (default: the model.yaml
+        artifact, the same on every device). ``rebuild``: see ``BackendOptions.rebuild_engine``."""
         return config.artifact(precision)
+
+    @property
+    def places_on_device(self) -> bool:
+        """Whether ``options.device_id`` chooses where this loaded model runs (False on a CPU)."""
+        return True
 
     def load(self) -> Backend:
         """Open the model. Raises :class:`ModelLoadError` with what to do when it cannot."""

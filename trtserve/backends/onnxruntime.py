@@ -23,19 +23,26 @@ _ORT_TYPES = {
 }
 
 
-def provider_options(providers: list[str], precision: str, cache_dir: Path, ort_version: str
-                     ) -> list[tuple[str, dict[str, Any]]]:
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # those that take a ``device_id``
+
+
+def provider_options(providers: list[str], precision: str, cache_dir: Path | None, ort_version: str,
+                     device_id: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Per-provider options. The TensorRT provider keeps its engines and timing cache in ``cache_dir`` (keyed by
     GPU, ONNX Runtime version and precision, see :func:`ort_cache_dir`); FP16 is its builder flag; INT8 runs the
     Q/DQ model, which TensorRT 10+ (ONNX Runtime 1.18+) builds strongly typed without ``trt_int8_enable``, while
-    TensorRT 8.x (ONNX Runtime < 1.18) needs the INT8 flag to honour Q/DQ nodes."""
+    TensorRT 8.x (ONNX Runtime < 1.18) needs the INT8 flag to honour Q/DQ nodes. ``device_id`` (model.yaml's
+    ``device``) goes to the CUDA and TensorRT providers, which allocate on that GPU; the CPU provider has none."""
     major, minor = (int(p) for p in ort_version.split(".")[:2])
     found: list[tuple[str, dict[str, Any]]] = []
     for name in providers:
         opts: dict[str, Any] = {}
+        if name in GPU_PROVIDERS and device_id is not None:
+            opts["device_id"] = device_id
         if name == "TensorrtExecutionProvider":
-            opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
-                    "trt_timing_cache_enable": True}
+            assert cache_dir is not None, "the TensorRT provider needs its engine cache folder"
+            opts |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                     "trt_timing_cache_enable": True}
             if precision == "fp16":
                 opts["trt_fp16_enable"] = True
             if precision == "int8" and (major, minor) < (1, 18):
@@ -51,6 +58,33 @@ def ort_cache_dir(model_path: Path, precision: str, ort_version: str, gpu: dict[
     device = DeviceInfo(gpu["name"], gpu["compute_capability"]) if gpu else DeviceInfo("unknown-gpu", "0.0")
     cc = device.compute_capability.replace(".", "")
     return model_path.parent / "cache" / f"ort-{ort_version}.{precision}.sm{cc}.{device.slug}"
+
+
+def _visible_gpus() -> int | None:
+    """How many GPUs this process sees, from cuda-python when it is installed; None when it cannot tell (then
+    ONNX Runtime's own error for a bad ``device_id`` is reported)."""
+    from trtserve.errors import TrtserveError
+    from trtserve.tensorrt.cuda import CudaRuntime
+
+    try:
+        return CudaRuntime().device_count()
+    except TrtserveError:
+        return None
+
+
+def _gpu(device_id: int | None) -> dict[str, str] | None:
+    """Name and compute capability of GPU ``device_id`` (None: the first), for the TensorRT provider's cache key:
+    from cuda-python (CUDA's numbering) when installed, else nvidia-smi's list."""
+    from trtserve.errors import TrtserveError
+    from trtserve.tensorrt.cuda import CudaRuntime, nvidia_smi
+
+    try:
+        info = CudaRuntime().device(device_id or 0)
+        return {"name": info.gpu_name, "compute_capability": info.compute_capability}
+    except TrtserveError:
+        gpus, _, _ = nvidia_smi()
+        index = device_id or 0
+        return gpus[index] if index < len(gpus) else None
 
 
 def _info(arg: Any) -> TensorInfo:
@@ -131,23 +165,46 @@ class OnnxRuntimeBackend(Backend, FoldsInput):
         if not self.options.spin_wait:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen: list[Any] = list(wanted)
-        if "TensorrtExecutionProvider" in wanted:
-            from trtserve.tensorrt.cuda import first_gpu
-
-            cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, first_gpu())
-            cache.mkdir(parents=True, exist_ok=True)
-            chosen = provider_options(wanted, self.options.precision, cache, ort.__version__)
+        device_id = self.options.device_id
+        on_gpu = any(p in GPU_PROVIDERS for p in wanted)
+        self._places = on_gpu
+        if device_id is not None and not on_gpu:
+            # ignored, not refused: a model folder is meant to serve on the CPU of a host without a GPU too (the
+            # providers default to the best the host has), and the CPU provider has one device: nothing to choose
+            logger.warning("%s: device %d ignored: ONNX Runtime runs it on %s, which has no GPU to choose (with "
+                           "onnxruntime-gpu's CUDA or TensorRT provider it runs on GPU %d)", self.model_path.name,
+                           device_id, "/".join(wanted), device_id)
+            device_id = None
+        if device_id is not None:
+            count = _visible_gpus()
+            if count is not None and not 0 <= device_id < count:
+                raise ModelLoadError(f"key 'device' is {device_id}, but this process sees {count} GPU(s); list a GPU "
+                                     f"index below {count} (indices count the visible GPUs: CUDA_VISIBLE_DEVICES)")
+        if "TensorrtExecutionProvider" in wanted or device_id is not None:
+            cache = None
+            if "TensorrtExecutionProvider" in wanted:
+                cache = ort_cache_dir(self.model_path, self.options.precision, ort.__version__, _gpu(device_id))
+                cache.mkdir(parents=True, exist_ok=True)
+            chosen = provider_options(wanted, self.options.precision, cache, ort.__version__, device_id)
         self._folded = False
         source = self._model_source(cpu_only=wanted == ["CPUExecutionProvider"])
         try:
             self._session = ort.InferenceSession(source, so, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
+            if device_id is not None and "device" in str(exc).lower():
+                raise ModelLoadError(f"ONNX Runtime cannot open {self.model_path.name} on GPU {device_id} (key "
+                                     f"'device'): {exc}. Check the GPU index against `nvidia-smi -L` and "
+                                     "CUDA_VISIBLE_DEVICES") from exc
             raise ModelLoadError(f"ONNX Runtime cannot load {self.model_path}: {exc}. Is it a valid "
                                  "ONNX file? Re-export it or restore it from the repository.") from exc
         logger.info("loaded %s on %s%s", self.model_path, self._session.get_providers(),
                     " (normalizing in the model: uint8 input)" if self._folded else "")
         return ([_info(a) for a in self._session.get_inputs()],
                 [_info(a) for a in self._session.get_outputs()])
+
+    @property
+    def places_on_device(self) -> bool:
+        return getattr(self, "_places", False)
 
     def _infer(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
         names = [t.name for t in self._outputs]

@@ -170,25 +170,44 @@ class TensorRTBackend(Backend):
         return BackendSupport(available=True, precisions=tuple(precisions))
 
     @classmethod
-    def model_file(cls, config: ModelConfig, precision: str) -> Path:
-        """The engine built for this host (GPU, TensorRT version, current ONNX); built now if
-        ``engine.auto_build`` is set, else ModelLoadError with the ``trtserve build`` command."""
+    def model_file(cls, config: ModelConfig, precision: str, device_id: int | None = None,
+                   rebuild: bool = False) -> Path:
+        """The engine built for GPU ``device_id`` of this host (None: the current device) — its GPU model and
+        compute capability, this TensorRT version, the current ONNX and calibration cache; built now (on that
+        GPU) if ``engine.auto_build`` is set, else ModelLoadError with the ``trtserve build`` command.
+
+        ``rebuild`` (a reload while serving, e.g. after ``trtserve recalibrate`` promoted a new Q/DQ model or
+        calibration cache): when no engine fits the current sources but one was built here for this GPU and
+        TensorRT before, an engine is built now with that one's settings (batch sizes, contexts, workspace, DLA)
+        and keyed as usual, before the new version is opened; EngineBuildError when TensorRT refuses (the reload
+        then fails and the serving version keeps serving)."""
         from trtserve.tensorrt.builder import build_engine, import_tensorrt
         from trtserve.tensorrt.cuda import CudaRuntime
-        from trtserve.tensorrt.keys import default_settings, select_engine
+        from trtserve.tensorrt.keys import default_settings, previous_settings, select_engine
         from trtserve.tensorrt.plan import TrtVersion, source_hashes
 
         trt = import_tensorrt()
         cuda = CudaRuntime()
         version = TrtVersion.parse(trt.__version__)
-        device = cuda.device()
+        if device_id is not None:
+            cuda.check_device_index(device_id, where=f"{config.source_file}: ")
+            cuda.set_device(device_id)  # a build below allocates: on the chosen GPU
+        device = cuda.device(device_id)
         try:
             return select_engine(config, precision, str(version), device, source_hashes(config, precision, version))
         except ModelLoadError as exc:
+            before = previous_settings(config, precision, str(version), device) if rebuild else None
+            if before is not None:
+                logger.warning("model %s: no %s engine fits its current sources on %s; rebuilding it on this host "
+                               "before the reload switches (settings of the engine it replaces: max batch %d, %d "
+                               "contexts)", config.name, precision, device.gpu_name, before.max_batch,
+                               before.execution_contexts)
+                return build_engine(config, before, trt=trt, cuda=cuda, device_id=device_id).plan
             if not config.engine.auto_build:
                 raise
             logger.warning("%s; building it now (engine.auto_build is set)", exc)
-            return build_engine(config, default_settings(config, precision), trt=trt, cuda=cuda).plan
+            return build_engine(config, default_settings(config, precision), trt=trt, cuda=cuda,
+                                device_id=device_id).plan
 
     @property
     def runtime_version(self) -> str:
@@ -210,8 +229,19 @@ class TensorRTBackend(Backend):
             raise ModelLoadError(f"engine {self.model_path} does not exist; build it with `trtserve build`")
         record = read_record(self.model_path)
         version = TrtVersion.parse(trt.__version__)
-        device = self._cuda.device()
+        wanted = self.options.device_id
+        if wanted is None:
+            self._device_index = self._cuda.current_device()
+        else:
+            self._cuda.check_device_index(wanted)
+            self._device_index = wanted
+        # before any allocation: the runtime, the engine's weights, contexts, streams and buffers are made on the
+        # loading thread's current device; every later call on the engine sets it again on its own thread (_infer)
+        self._cuda.set_device(self._device_index)
+        device = self._cuda.device(self._device_index)
         self._runtime_version, self._device = str(version), f"{device.gpu_name} (sm {device.compute_capability})"
+        if wanted is not None:
+            self._device = f"GPU {wanted}: {self._device}"
         why = record.mismatch(str(version), device)
         if why is not None:
             raise ModelLoadError(f"engine {self.model_path.name} does not fit this host: {why}. Rebuild it here with: "
@@ -295,6 +325,7 @@ class TensorRTBackend(Backend):
                                     f"{self.max_batch} frames per batch or rebuild with a larger --max-batch")
         slot = self._slots.get()
         try:
+            self._cuda.set_device(self._device_index)  # this thread's current device: the engine's
             return self._run(slot, feeds, n)
         finally:
             self._slots.put(slot)
@@ -327,6 +358,8 @@ class TensorRTBackend(Backend):
             except Exception as exc:
                 logger.warning("releasing CUDA resource %s failed: %s", handle, exc)
 
+        if slots and hasattr(self, "_device_index"):
+            best_effort(self._cuda.set_device, self._device_index)
         for slot in slots:
             slot.host.clear()  # views of the pinned memory go before it is freed
             slot.context = None

@@ -225,11 +225,14 @@ def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path 
     if not reservoir:
         raise CalibrationInputError("the pulled reservoir has no frames: let the server's drift shadow compare some "
                                     "traffic first (calibration_reservoir and drift enabled)")
+    # the TensorRT calibration caches the model has are rewritten too: a cache left from the old calibration would
+    # key a TensorRT 8.x engine as unchanged, and a reload on that host would go on serving the old ranges
+    trt_versions = tuple(dict.fromkeys([*trt_versions, *cache_versions(config)]))
     staged = stage(config)
     paths = _frame_paths(reservoir, images, num_images)
     source = FrameSource(paths=paths, limit=len(paths))
     calibration = run_calibration(staged, source, method, batch, percentile, trt_versions, progress=progress,
-                                  auto_exclude_target=auto_exclude_target)
+                                  auto_exclude_target=auto_exclude_target, overwrite=True)  # a staged copy
     staged = load_model_config(staged.source_file or Path())
     old, new = score_int8(config, config, reservoir), score_int8(config, staged, reservoir)
     report = RecalibrationReport(config.name, len(reservoir), len(paths) - len(reservoir), old, new,
@@ -240,12 +243,24 @@ def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path 
     return report
 
 
+def cache_versions(config: ModelConfig) -> list[str]:
+    """The TensorRT versions (``8.6.2``) of the calibration caches ``config`` lists (``calibration_cache_8602``)."""
+    found = []
+    for key in config.artifacts:
+        if key.startswith("calibration_cache_") and key.rsplit("_", 1)[1].isdigit():
+            n = int(key.rsplit("_", 1)[1])
+            base = 10000 if n >= 100000 else 1000  # NV_TENSORRT_VERSION: major*1000 up to 8.x, major*10000 from 10
+            found.append(f"{n // base}.{n % base // 100}.{n % 100}")
+    return sorted(found)
+
+
 def promote(config: ModelConfig) -> list[str]:
     """Move the staged artifacts into the model's folder (each file atomically, model.yaml last); their names."""
     staging = config.directory / STAGING
     staged = load_model_config(staging / (config.source_file.name if config.source_file else "model.yaml"))
     moved = []
-    for name in sorted({p.name for p in staged.artifacts.values()} | {"calibration.report.json"}):
+    reports = {"calibration.report.json", "calibration.report.html"}
+    for name in sorted({p.name for p in staged.artifacts.values()} | reports):
         if (staging / name).is_file():
             os.replace(staging / name, config.directory / name)
             moved.append(name)

@@ -24,7 +24,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         workspace_bytes=int(args.workspace_gb * GIB) if args.workspace_gb is not None else base.workspace_bytes,
         dla_core=args.dla_core if args.dla_core is not None else base.dla_core,
         execution_contexts=args.contexts)
-    result = build_engine(config, settings, args.timing_cache)
+    result = build_engine(config, settings, args.timing_cache, device_id=args.device)
     r = result.record
     emit({"plan": str(result.plan), **asdict(r)}, args.json,
           f"built {result.plan} in {r.build_time_s} s\n  {r.build_path}; TensorRT {r.tensorrt_version} on {r.gpu_name} "
@@ -51,6 +51,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--dla-core", type=int, help="build for this DLA core, with GPU fallback (Jetson)")
     p.add_argument("--timing-cache", type=Path, help="read and update this TensorRT timing cache file")
     p.add_argument("--contexts", type=int, default=2, help="optimization profiles = concurrent batches (default 2)")
+    p.add_argument("--device", type=int, default=None, metavar="N",
+                   help="build on GPU N (CUDA index, as model.yaml's device:); default: GPU 0")
     p.add_argument("--repository", type=Path, default=argparse.SUPPRESS, help="model repository folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)

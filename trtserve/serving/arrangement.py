@@ -8,6 +8,9 @@ server measures the engine itself: for each candidate ``k`` in 1..min(cores, 4) 
 ``max_batch_size`` at once for :data:`SECONDS_PER_CANDIDATE`; the arrangement kept is **the fewest instances whose
 throughput is within 5 % of the best** (fewer batches in flight: lower latency, more CPU left for decoding). The
 measured figures are logged, and GetModel reports the instances chosen.
+
+A model listing several GPUs (``device: [0, 1]`` in model.yaml) spreads its instances over them round-robin
+(:func:`spread`); with ``auto`` the candidates are then multiples of the GPU count, so every GPU gets as many.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trtserve.backends.devices import spread
 from trtserve.detector import Detector
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Candidate", "candidates", "choose", "spread"]
 
 SECONDS_PER_CANDIDATE = 0.5
 WITHIN = 0.05  # of the best throughput: fewer instances win within this
@@ -62,6 +68,13 @@ def _measure(detector: Detector, instances: int, seconds: float, batch: int | No
     return calls * batch / elapsed, 1000 * sum(b for _, b in done) / calls
 
 
+def candidates(cores: int, step: int = 1) -> list[int]:
+    """The instance counts ``auto`` measures: 1..min(cores, 4), or with ``step`` GPUs the multiples of ``step`` up to
+    that (at least ``step`` itself: one instance per GPU)."""
+    top = min(cores, 4)
+    return [k for k in range(step, max(step, top) + 1, step)]
+
+
 def _rule(measured: list[Candidate]) -> int:
     """The index of the rule's choice among ``measured``: the fewest instances within WITHIN of the best."""
     best = max(c.fps for c in measured)
@@ -69,7 +82,7 @@ def _rule(measured: list[Candidate]) -> int:
 
 
 def choose(open_detector: Callable[[int, int], Detector], intra_op_threads: int = 0, cores: int | None = None,
-           seconds: float = SECONDS_PER_CANDIDATE, batch: int | None = None
+           seconds: float = SECONDS_PER_CANDIDATE, batch: int | None = None, step: int = 1
            ) -> tuple[Detector, Candidate, list[Candidate]]:
     """Open the model per candidate arrangement (``open_detector(instances, threads)``), measure each at ``batch``
     frames a call (the batcher's max_batch_size, which serving sends; None: the model's), keep the rule's choice
@@ -77,12 +90,13 @@ def choose(open_detector: Callable[[int, int], Detector], intra_op_threads: int 
 
     At most two candidates are open at once: the one being measured and the rule's choice so far — any other is
     closed once measured. The choice can move to a candidate measured earlier and already closed (its throughput
-    is within 5 % of a new best that the previous choice is not): that one is opened again at the end."""
+    is within 5 % of a new best that the previous choice is not): that one is opened again at the end. ``step``:
+    the number of GPUs the model lists (candidates are its multiples, :func:`candidates`)."""
     cores = cores or os.cpu_count() or 1
     measured: list[Candidate] = []
     held: tuple[int, Detector] | None = None  # the rule's choice so far (index in measured) and its detector
     try:
-        for k in range(1, min(cores, 4) + 1):
+        for k in candidates(cores, step):
             threads = intra_op_threads or max(1, cores // k)
             detector = open_detector(k, threads)
             try:

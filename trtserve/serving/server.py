@@ -108,14 +108,15 @@ class Server:
         batcher = s.batcher
         if batcher.instances:
             detector = await asyncio.to_thread(Detector.open, config, s.precision, options=serving_backend_options(
-                batcher.instances, s.intra_op_threads), normalize_in_model=s.normalize_in_model)
+                batcher.instances, s.intra_op_threads, reload=version > 1), normalize_in_model=s.normalize_in_model)
         else:  # instances: auto, measured on the engine itself (trtserve.serving.arrangement)
             def open_arranged(instances: int, threads: int) -> Detector:
-                return Detector.open(config, s.precision, options=serving_backend_options(instances, threads),
-                                     normalize_in_model=s.normalize_in_model)
+                return Detector.open(config, s.precision, options=serving_backend_options(
+                    instances, threads, reload=version > 1), normalize_in_model=s.normalize_in_model)
 
             detector, chosen, _ = await asyncio.to_thread(arrangement.choose, open_arranged, s.intra_op_threads,
-                                                          batch=batcher.max_batch_size)
+                                                          batch=batcher.max_batch_size,
+                                                          step=max(1, len(config.devices)))
             batcher = replace(batcher, instances=chosen.instances)
         drift = None
         try:

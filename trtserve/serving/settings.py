@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 # containers run every 15 s) reads the config without loading OpenCV, NumPy, ONNX Runtime or the model code.
 
 
-def serving_backend_options(instances: int, intra_op_threads: int = 0) -> BackendOptions:
+def serving_backend_options(instances: int, intra_op_threads: int = 0, reload: bool = False) -> BackendOptions:
     """How the server runs a backend: ``instances`` batches at once on cores / instances threads each (unless
-    ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs."""
+    ``intra_op_threads`` says otherwise), and no spin-waiting that would take the cores decoding needs. ``reload``:
+    a load while serving (model control), which rebuilds a TensorRT engine whose sources changed."""
     from trtserve.backends.base import BackendOptions  # NumPy: not for the health probe
 
     threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
-    return BackendOptions(intra_op_threads=threads, spin_wait=False)
+    return BackendOptions(intra_op_threads=threads, spin_wait=False, instances=instances, rebuild_engine=reload)
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,18 @@ from trtserve.tensorrt.plan import BuildPath, TrtVersion, build_hashes, plan_bui
 
 logger = logging.getLogger(__name__)
 
-TENSORRT_HINT = ("TensorRT's Python bindings come with JetPack on a Jetson (apt install python3-libnvinfer) or with "
-                 "the NGC TensorRT container on x86 (nvcr.io/nvidia/tensorrt); they cannot be pip-installed here. "
-                 "Run `trtserve doctor` to see what this host has; without TensorRT serve with the onnxruntime backend")
+TENSORRT_HINT = ("Run `trtserve doctor` to see what this host has; without TensorRT serve with the onnxruntime "
+                 "backend")
 
 
 def import_tensorrt() -> ModuleType:
     try:
         return importlib.import_module("tensorrt")
     except ImportError as exc:
-        raise TensorRTUnavailableError(f"TensorRT is not installed ({exc}). {TENSORRT_HINT}") from None
+        from trtserve.tensorrt.install_hint import install_hint_here
+
+        raise TensorRTUnavailableError(f"TensorRT is not installed ({exc}): {install_hint_here()}. {TENSORRT_HINT}"
+                                       ) from None
 
 
 def create(trt: Any, factory: str, log: Any) -> Any:
@@ -145,8 +147,9 @@ def _profiles(builder: Any, network: Any, settings: BuildSettings) -> tuple[list
 
 
 def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Path | None = None,
-                 trt: Any = None, cuda: CudaRuntime | None = None) -> BuildResult:
-    """Build and store an engine for this host; returns the plan path and its record.
+                 trt: Any = None, cuda: CudaRuntime | None = None, device_id: int | None = None) -> BuildResult:
+    """Build and store an engine for this host's GPU ``device_id`` (None: the current device, GPU 0 unless set);
+    returns the plan path and its record. The engine is keyed by that GPU's name and compute capability.
 
     Raises TensorRTUnavailableError without TensorRT, ConfigError for a path this TensorRT cannot build,
     EngineBuildError when TensorRT refuses (parser errors name nodes and op types; a too-small workspace
@@ -158,7 +161,10 @@ def build_engine(config: ModelConfig, settings: BuildSettings, timing_cache: Pat
     trt = trt if trt is not None else import_tensorrt()
     cuda = cuda if cuda is not None else CudaRuntime()
     version = TrtVersion.parse(trt.__version__)
-    device: DeviceInfo = cuda.device()
+    if device_id is not None:
+        cuda.check_device_index(device_id, what="--device")
+        cuda.set_device(device_id)  # before the builder allocates anything: it builds (and times) on this GPU
+    device: DeviceInfo = cuda.device(device_id)
     log = make_logger(trt)
     builder = create(trt, "Builder", log)
     num_dla = int(getattr(builder, "num_DLA_cores", 0))

@@ -91,11 +91,38 @@ class CudaRuntime:
             pass
         return f"{text}; {DRIVER_HINT}" if name in _DRIVER_ERRORS else text
 
-    def device(self) -> DeviceInfo:
-        index = self.call("cudaGetDevice")
+    def device(self, index: int | None = None) -> DeviceInfo:
+        """The GPU ``index`` (None: this thread's current device)."""
+        if index is None:
+            index = self.call("cudaGetDevice")
         props = self.call("cudaGetDeviceProperties", index)
         name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
         return DeviceInfo(name.split("\x00")[0].strip(), f"{props.major}.{props.minor}")
+
+    def device_count(self) -> int:
+        """The GPUs this process sees (CUDA_VISIBLE_DEVICES applies)."""
+        return int(self.call("cudaGetDeviceCount"))
+
+    def current_device(self) -> int:
+        return int(self.call("cudaGetDevice"))
+
+    def set_device(self, index: int) -> None:
+        """Make GPU ``index`` this thread's current device: allocations, streams, engines and kernel launches made
+        on this thread from now on are on it (CUDA's current device is per host thread)."""
+        self.call("cudaSetDevice", index)
+
+    def check_device_index(self, index: int, what: str = "key 'device' is", where: str = "") -> None:
+        """ModelLoadError unless GPU ``index`` is one this process sees, saying ``where`` ``what`` was wrong."""
+        import os
+
+        count = self.device_count()
+        if not 0 <= index < count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ModelLoadError(
+                f"{where}{what} {index}, but this process sees {count} GPU(s)"
+                f"{f' (0..{count - 1})' if count else ''}"
+                f"{f' with CUDA_VISIBLE_DEVICES={visible!r}' if visible is not None else ''}: list a GPU index below "
+                f"{count} (indices count the visible GPUs), or make the GPU visible (`nvidia-smi -L`)")
 
     def malloc(self, size_bytes: int) -> int:
         return int(self.call("cudaMalloc", size_bytes))

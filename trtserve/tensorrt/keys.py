@@ -161,6 +161,22 @@ def records(config: ModelConfig) -> list[tuple[Path, EngineRecord]]:
     return found
 
 
+def previous_settings(config: ModelConfig, precision: str, tensorrt_version: str, device: DeviceInfo
+                      ) -> BuildSettings | None:
+    """The settings of the newest ``precision`` engine built here for ``device`` and ``tensorrt_version`` (from
+    any sources: the engine a rebuild replaces) if they still cover ``max_batch_size``; None when there is none."""
+    found = [(r.built_at, r) for _, r in records(config)
+             if r.settings.get("precision") == precision and r.mismatch(tensorrt_version, device) is None]
+    if not found:
+        return None
+    record = max(found, key=lambda item: item[0])[1]
+    try:
+        settings = BuildSettings(**record.settings)
+    except (TypeError, ModelLoadError):
+        return None
+    return settings if settings.max_batch >= config.max_batch_size else None
+
+
 def select_engine(config: ModelConfig, precision: str, tensorrt_version: str, device: DeviceInfo,
                   source_sha256: tuple[str, str | None]) -> Path:
     """The newest engine for ``precision`` that runs here, built from the current source and big enough.

@@ -63,6 +63,7 @@ class Sources:
     qdq: Path | None  # the TensorRT-placement Q/DQ model (artifacts.int8_tensorrt)
     fp16: Path | None  # a converted FP16 model (artifacts.fp16)
     caches: dict[int, Path]  # NV_TENSORRT_VERSION -> calibration cache
+    prequantized: Path | None = None  # a QAT / pre-quantized Q/DQ 'onnx:' (fp32 is then its folded copy)
 
 
 def has_qdq(path: Path) -> bool:
@@ -81,7 +82,7 @@ def sources_of(config: ModelConfig) -> Sources:
     qdq = arts.get("int8_tensorrt")
     fp16 = arts.get("fp16")
     return Sources(config.onnx_path, has_qdq(config.onnx_path), qdq if qdq and qdq.is_file() else None,
-                   fp16 if fp16 and fp16.is_file() else None, caches)
+                   fp16 if fp16 and fp16.is_file() else None, caches, getattr(config, "prequantized", None))
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,13 @@ def plan_build(version: TrtVersion, precision: str, sources: Sources, dla_core: 
         raise ConfigError(f"TensorRT {version} has only explicit INT8 (Q/DQ): calibration caches and calibrators are "
                           f"gone. Write the Q/DQ model (artifacts.int8_tensorrt) with `trtserve calibrate {model} "
                           "--images DIR`")
+    if sources.prequantized is not None:  # TensorRT 8.x here: INT8 only the implicit way
+        raise ConfigError(
+            f"{sources.prequantized.name} is a pre-quantized (QAT) Q/DQ model: its trained scales build as an "
+            f"explicitly quantized network on TensorRT 10/11 only, and TensorRT {version} builds INT8 only the "
+            "implicit way (the FP32 model plus a calibration cache from post-training calibration), which cannot use "
+            "them. Build it on TensorRT 10+ (JetPack 6.1+), or build --precision fp16 / fp32 here (from its folded "
+            "FP32 copy)")
     if cache is not None:
         return path(sources.fp32, "implicit", base, ("INT8", "FP16"), calibration_cache=cache)
     have = ", ".join(str(v) for v in sorted(sources.caches)) or "none"

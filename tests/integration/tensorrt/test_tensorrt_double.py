@@ -239,7 +239,8 @@ def test_without_tensorrt_build_exits_2_and_says_what_to_do(capsys: pytest.Captu
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["build", "shapes", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err
-    assert "TensorRT is not installed" in err and "JetPack" in err and "nvcr.io/nvidia/tensorrt" in err
+    assert "TensorRT is not installed" in err and "JetPack" in err and "pip install tensorrt-cu12" in err
+    assert "cannot be pip-installed" not in err
     with pytest.raises(TensorRTUnavailableError):
         Detector.open(ModelRepository(ENGINES).get("shapes"), "fp32", backend="tensorrt")
 
