@@ -12,4 +12,7 @@
 * :mod:`calibrators.tensorrt_calibrator` — an ``IInt8EntropyCalibrator2`` that feeds batches or replays a cache;
 * :mod:`calibrators.sensitivity` — keeping the most sensitive layers float until INT8 agrees with FP32;
 * :mod:`calibrators.files` — atomic writes, so an interrupted run never leaves half an artifact.
+* :mod:`calibrators.memory` — collecting activation histograms within a memory budget (sub-batches, tensor groups);
+* :mod:`calibrators.names` — stable, unique names for unnamed nodes (legal ONNX that calibration keys by name);
+* :mod:`calibrators.fold` — Constant weights into initializers, and a Q/DQ (QAT) model folded back to FP32.
 """

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from calibrators.fold import constants_to_initializers
 from calibrators.graph import Plan, plan_quantization
-from calibrators.histogram import AbsHistogram
-from calibrators.methods import DEFAULT_PERCENTILE, compute_amax
+from calibrators.histogram import HistogramSummary
+from calibrators.memory import DEFAULT_MAX_MEMORY_BYTES, MemoryUse, collect_histograms
+from calibrators.methods import DEFAULT_PERCENTILE, candidate_amax, compute_amax
+from calibrators.names import unique_node_names
 
 logger = logging.getLogger(__name__)
 MIN_OPSET = 13
@@ -38,6 +41,10 @@ class CalibrationResult:
     batches: int
     samples: int  # items along the batch dimension
     seconds: float
+    histograms: dict[str, HistogramSummary] = field(default_factory=dict)  # |x| per tensor, small, for reports
+    memory: MemoryUse | None = None  # how the activations were collected under the memory budget, and the peak
+    # method "auto": tensor -> {candidate method: amax} (calibrators.methods.candidate_amax); empty otherwise
+    alternatives: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def amax(self) -> dict[str, float]:
         return {name: r.amax for name, r in self.ranges.items()}
@@ -47,9 +54,17 @@ class CalibrationResult:
 
 
 def prepare_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    """Load, drop initializers listed as graph inputs, and upgrade to opset 13 when older."""
+    """The working copy calibration runs on: loaded, Constant nodes folded into initializers (weights stored as
+    Constants are weights), unnamed nodes named (:mod:`calibrators.names`), initializers listed as graph inputs
+    dropped, and upgraded to opset 13 when older."""
     proto = onnx.load(str(model)) if isinstance(model, (str, Path)) else onnx.ModelProto.FromString(
         model.SerializeToString())
+    moved = constants_to_initializers(proto)
+    if moved:
+        logger.info("moved %d Constant nodes into initializers", moved)
+    renamed = unique_node_names(proto)
+    if renamed:
+        logger.info("named %d unnamed (or repeated-name) nodes <op_type>_<index>", renamed)
     init_names = {i.name for i in proto.graph.initializer}
     real_inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(real_inputs) != len(proto.graph.input):
@@ -64,62 +79,21 @@ def prepare_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     return proto
 
 
-def collect_histograms(model: onnx.ModelProto, tensors: Iterable[str], feeds: Iterable[Feed],
-                       on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, AbsHistogram], int, int]:
-    """Histograms of ``tensors`` over all ``feeds`` (memory independent of their number).
-
-    Returns (histograms, batches, samples). Raises ValueError on feeds that do not fit the model.
-    """
-    import onnxruntime as ort
-
-    wanted = list(dict.fromkeys(tensors))
-    input_names = [i.name for i in model.graph.input]
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in input_names and name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors as named
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    fetch = [n for n in wanted if n not in input_names]
-    hists = {n: AbsHistogram() for n in wanted}
-    batches = samples = 0
-    for feed in feeds:
-        if set(feed) != set(input_names):
-            raise ValueError(f"calibration feed has inputs {sorted(feed)}; the model expects {sorted(input_names)}")
-        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()}
-        outputs = session.run(fetch, arrays) if fetch else []
-        values = {n: arrays[n] for n in wanted if n in arrays}  # inputs first: a bad feed is the root cause
-        values.update(zip(fetch, outputs))
-        for name, value in values.items():
-            try:
-                hists[name].update(value)
-            except ValueError as exc:
-                raise ValueError(f"tensor {name!r} in calibration batch {batches + 1}: {exc}") from None
-        batches += 1
-        samples += int(next(iter(arrays.values())).shape[0])
-        if on_batch is not None:
-            on_batch(samples)
-    if batches == 0:
-        raise ValueError("no calibration batches: the feeds were empty; give images or a video")
-    return hists, batches, samples
-
-
 def calibrate(model: onnx.ModelProto | str | Path, feeds: Iterable[Feed], method: str = "entropy",
               percentile: float = DEFAULT_PERCENTILE, profile: str = "tensorrt", keep_head_float: bool = True,
               exclude_nodes: Iterable[str] = (), exclude_op_types: Iterable[str] = (),
-              on_batch: Callable[[int], None] | None = None) -> CalibrationResult:
+              on_batch: Callable[[int], None] | None = None,
+              max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES) -> CalibrationResult:
     """Calibrate ``model`` on ``feeds`` (any iterable of ``{input_name: array}`` batches).
 
     Only the tensors the placement ``profile`` will quantize are collected. The ``onnxruntime`` profile
-    collects a superset of ``tensorrt``'s, so one run can serve both writers.
+    collects a superset of ``tensorrt``'s, so one run can serve both writers. The activations held at once stay
+    within ``max_memory_bytes`` (None: unbounded; see :mod:`calibrators.memory`).
     """
     t0 = time.monotonic()
     proto = prepare_model(model)
     plan = plan_quantization(proto, profile, keep_head_float, exclude_nodes, exclude_op_types)
-    hists, batches, samples = collect_histograms(proto, plan.activations, feeds, on_batch)
+    hists, batches, samples, memory = collect_histograms(proto, plan.activations, feeds, on_batch, max_memory_bytes)
     ranges = {}
     for name, hist in hists.items():
         amax = compute_amax(hist, method, percentile)
@@ -129,4 +103,7 @@ def calibrate(model: onnx.ModelProto | str | Path, feeds: Iterable[Feed], method
         ranges[name] = TensorRange(amax, hist.max_abs, hist.values_seen, hist.min_value)
     seconds = time.monotonic() - t0
     logger.info("calibrated %d tensors (%s, %d samples) in %.1f s", len(ranges), method, samples, seconds)
-    return CalibrationResult(method, ranges, plan, batches, samples, seconds)
+    summaries = {name: hist.summary() for name, hist in hists.items()}
+    alternatives = ({name: {m: a if a > 0 else 1.0 for m, a in candidate_amax(hist, percentile).items()}
+                     for name, hist in hists.items()} if method == "auto" else {})
+    return CalibrationResult(method, ranges, plan, batches, samples, seconds, summaries, memory, alternatives)

@@ -13,7 +13,9 @@ Placement profiles:
 
 By default the detection head stays in float: walking back from each graph output through
 non-weighted ops (Sigmoid, Concat, Reshape, Softmax, DFL decode), every weighted op met is a final
-output conv and is excluded, as are the nodes walked through.
+output conv and is excluded, as are the nodes walked through. A ``Shape`` (or ``Size``) node is walked into but
+not through: it reads only its input's shape, so the layer whose shape it reads (in a dynamic Ultralytics
+export, the neck's last convs, whose feature-map sizes give the anchors) is not part of the head.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 import onnx
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# ops that read only their input's shape: walking back through one does not make the producer of that input
+# part of the head (Ultralytics computes anchors from the feature maps' shapes in a dynamic export)
+SHAPE_OPS = ("Shape", "Size")
 PROFILES = ("tensorrt", "onnxruntime")
 
 
@@ -64,6 +69,9 @@ def detection_head_nodes(model: onnx.ModelProto) -> dict[str, str]:
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
+        if node.op_type in SHAPE_OPS:
+            head[node.name] = f"detection head post-processing ({node.op_type}, shape only)"
+            continue
         if node.op_type in WEIGHTED_OPS:
             weight = _initializer_dims(model, node.input[1]) if len(node.input) > 1 else None
             if weight is not None and len(weight) == 4 and weight[0] == 1:
@@ -128,6 +136,10 @@ def plan_quantization(model: onnx.ModelProto, profile: str = "tensorrt", keep_he
             for i in node.input:
                 if profile == "onnxruntime" or producers[i].op_type not in WEIGHTED_OPS:
                     add(i)
+    if profile == "onnxruntime":  # SiLU, data movement, Concat and Add in uint8 (see calibrators.ort_placement)
+        from calibrators.ort_placement import integer_paths
+
+        activations = integer_paths(graph, activations, excluded, initializers)
     graph_outputs = {o.name for o in graph.output}
     activations = [a for a in activations if a not in graph_outputs]
     return Plan(profile, tuple(activations), tuple(weighted), tuple(sorted(excluded)), excluded)

@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 
 DEFAULT_NUM_BINS = 2048
 MAX_BINS = DEFAULT_NUM_BINS * 64  # past this, neighbouring bins are merged (the width doubles)
+SUMMARY_BINS = 64  # bins of the small histograms reports draw
 
 
 @dataclass
@@ -68,3 +69,22 @@ class AbsHistogram:
     @property
     def empty(self) -> bool:
         return self.counts is None
+
+    def summary(self, max_bins: int = SUMMARY_BINS) -> HistogramSummary:
+        """The histogram with neighbouring bins merged (exactly) down to at most ``max_bins``, for reports."""
+        if self.counts is None:
+            return HistogramSummary(0.0, (self.zeros_before_range,) if self.zeros_before_range else ())
+        group = -(-self.counts.size // max_bins)
+        padded = np.concatenate([self.counts, np.zeros(-self.counts.size % group, np.int64)])
+        return HistogramSummary(self.bin_width * group, tuple(int(c) for c in padded.reshape(-1, group).sum(1)))
+
+
+@dataclass(frozen=True)
+class HistogramSummary:
+    """A small histogram of |x| for reports: ``counts[i]`` values in ``[i, i + 1) * bin_width``.
+
+    ``bin_width`` is 0 for a tensor that was all zeros (then ``counts`` holds that one count, if any).
+    """
+
+    bin_width: float
+    counts: tuple[int, ...]

@@ -1,4 +1,10 @@
-"""From a histogram of |x| to amax: entropy (TensorRT EntropyCalibration2 semantics), minmax, percentile."""
+"""From a histogram of |x| to amax: entropy (TensorRT EntropyCalibration2 semantics), minmax, percentile.
+
+``auto`` (the default of ``trtserve calibrate``) is chosen per model, not per tensor: every tensor gets each
+method in :data:`AUTO_CANDIDATES`' range (:func:`candidate_amax`), and :func:`calibrators.sensitivity.choose_ranges`
+keeps the first whose INT8 model agrees with FP32 well enough on the calibration frames (falling back to
+keeping the most sensitive layers float). Asked for one tensor's range, ``auto`` answers entropy's.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from calibrators.histogram import AbsHistogram
 
 QUANT_BINS = 128  # symmetric int8: 128 magnitudes per sign
 DEFAULT_PERCENTILE = 99.99
+METHODS = ("auto", "entropy", "minmax", "percentile")
+# in the order ``auto`` tries them: from the most clipping to none (``percentile`` is the caller's percentile)
+AUTO_CANDIDATES = ("entropy", "percentile", "percentile 99.999", "minmax")
 
 
 def entropy_divergences(counts: NDArray[np.integer], start_bin: int = QUANT_BINS
@@ -88,11 +97,23 @@ def amax_percentile(hist: AbsHistogram, percentile: float = DEFAULT_PERCENTILE) 
 
 
 def compute_amax(hist: AbsHistogram, method: str, percentile: float = DEFAULT_PERCENTILE) -> float:
-    """amax by ``method``: ``entropy`` | ``minmax`` | ``percentile``."""
-    if method == "entropy":
+    """amax by ``method``: ``entropy`` | ``minmax`` | ``percentile`` | ``auto`` (entropy's, for one tensor)."""
+    if method in ("entropy", "auto"):
         return amax_entropy(hist)
     if method == "minmax":
         return amax_minmax(hist)
     if method == "percentile":
         return amax_percentile(hist, percentile)
-    raise ValueError(f"unknown calibration method {method!r}; expected entropy, minmax or percentile")
+    raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def candidate_amax(hist: AbsHistogram, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+    """amax of one tensor by every method ``auto`` may choose (:data:`AUTO_CANDIDATES`), keyed by its label
+    (``percentile`` becomes e.g. ``percentile 99.99``)."""
+    found: dict[str, float] = {}
+    for candidate in AUTO_CANDIDATES:
+        method, _, value = candidate.partition(" ")
+        pct = float(value) if value else percentile
+        label = f"percentile {pct:g}" if method == "percentile" else method
+        found.setdefault(label, compute_amax(hist, method, pct))
+    return found

@@ -4,6 +4,12 @@ Activations: QuantizeLinear -> DequantizeLinear per tensor, scale = amax / 127. 
 int8 per output channel (round half to even, clipped to [-127, 127]) behind a DequantizeLinear with
 the channel axis (0 for Conv and Gemm with transB, 1 for ConvTranspose, Gemm without transB and
 MatMul). Biases stay float. Runs on ONNX Runtime's CPU provider and builds on TensorRT 10/11.
+
+The ``onnxruntime`` placement stores activations as uint8 over the range each tensor actually takes: from the
+smallest value seen (never below -amax) to amax, so a SiLU output (never below -0.28) or a ReLU output (never
+below 0) spends all 256 levels where its values are. A Sigmoid's output takes its exact range (0, 1); the
+output of a data-movement op (Split, MaxPool, Resize, ...) takes its input's scale and zero point, so that
+ONNX Runtime runs it on uint8 with no rounding (:mod:`calibrators.ort_placement`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from calibrators.graph import Plan
+from calibrators.ort_placement import SCALE_PRESERVING_OPS
 
 INT8_MAX = 127.0
 
@@ -42,27 +49,33 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def activation_quantization(amax: float, profile: str, nonnegative: bool) -> tuple[float, np.ndarray]:
+def activation_quantization(amax: float, profile: str, nonnegative: bool,
+                            minimum: float | None = None) -> tuple[float, np.ndarray]:
     """Scale and zero point (as a 0-d array of the quantized type) of one activation tensor.
 
     ``tensorrt``: int8, zero point 0, scale amax/127 (TensorRT accepts nothing else). ``onnxruntime``:
-    the same range in uint8, the type ONNX Runtime's x86 integer kernels are fastest with: zero point
-    128 (exactly the symmetric int8 grid, shifted), or for a tensor that is never negative (a ReLU
-    output) zero point 0 and scale amax/255 -- which also lets ORT drop the Relu and fuse
-    DQ -> Conv -> Relu -> Q into one integer convolution.
+    uint8, the type ONNX Runtime's x86 integer kernels are fastest with, over ``[lo, amax]`` where ``lo`` is
+    ``minimum`` (the smallest value seen) clipped to ``[-amax, 0]``: a tensor never negative (a ReLU output)
+    gets zero point 0 and scale amax/255 -- which also lets ORT drop the Relu and fuse DQ -> Conv -> Relu -> Q
+    into one integer convolution --, a SiLU output about twice the resolution of a symmetric grid. Without
+    ``minimum``: ``[-amax, amax]`` (zero point 128, the symmetric int8 grid shifted) unless ``nonnegative``.
     """
     if profile == "tensorrt":
         return amax / INT8_MAX, np.array(0, np.int8)
-    if nonnegative:
-        return amax / 255.0, np.array(0, np.uint8)
-    return amax / INT8_MAX, np.array(128, np.uint8)
+    lo = 0.0 if nonnegative else -amax if minimum is None else min(0.0, max(float(minimum), -amax))
+    if lo == -amax:
+        return amax / INT8_MAX, np.array(128, np.uint8)
+    scale = (amax - lo) / 255.0
+    return scale, np.array(int(np.clip(np.round(-lo / scale), 0, 255)), np.uint8)
 
 
 def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
-              nonnegative: frozenset[str] = frozenset()) -> onnx.ModelProto:
+              nonnegative: frozenset[str] = frozenset(), minimum: Mapping[str, float] | None = None
+              ) -> onnx.ModelProto:
     """A new model with Q/DQ inserted as ``plan`` says; ``amax`` must cover ``plan.activations``.
 
-    ``nonnegative`` names tensors never negative on the calibration set (used by the onnxruntime profile).
+    ``nonnegative`` names tensors never negative on the calibration set, ``minimum`` gives each tensor's
+    smallest value seen (both used by the onnxruntime profile only; see :func:`activation_quantization`).
     """
     missing = [t for t in plan.activations if t not in amax]
     if missing:
@@ -77,9 +90,27 @@ def write_qdq(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
 
+    producers = {name: node for node in graph.node for name in node.output}
+    params: dict[str, tuple[float, np.ndarray]] = {}
+
+    def quantization_of(tensor: str) -> tuple[float, np.ndarray]:
+        if tensor in params:
+            return params[tensor]
+        node = producers.get(tensor)
+        if plan.profile == "onnxruntime" and node is not None and node.op_type == "Sigmoid":
+            found = (1.0 / 255.0, np.array(0, np.uint8))  # the exact range (0, 1) of a sigmoid
+        elif (plan.profile == "onnxruntime" and node is not None and node.op_type in SCALE_PRESERVING_OPS
+              and node.input and node.input[0] in quantized_inputs):
+            found = quantization_of(node.input[0])  # same values as its input: same grid, run on uint8
+        else:
+            low = None if minimum is None else minimum.get(tensor)
+            found = activation_quantization(amax[tensor], plan.profile, tensor in nonnegative, low)
+        params[tensor] = found
+        return found
+
     def activation_qdq(tensor: str) -> str:
         base = tensor.replace("/", "_").strip("_")
-        scale_value, zero_point = activation_quantization(amax[tensor], plan.profile, tensor in nonnegative)
+        scale_value, zero_point = quantization_of(tensor)
         scale = numpy_helper.from_array(np.array(scale_value, np.float32), f"{base}_scale")
         zero = numpy_helper.from_array(zero_point, f"{base}_zero_point")
         new_inits.extend([scale, zero])

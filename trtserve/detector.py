@@ -10,12 +10,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trtserve.backends.base import Backend, BackendOptions
-from trtserve.backends.input_prefix import FoldsInput, InputPrefix
+from trtserve.backends.input_prefix import FoldsInput
 from trtserve.backends.registry import backend_class
 from trtserve.config import ModelConfig
 from trtserve.errors import InvalidFrameError, ModelLoadError, TrtserveError
@@ -55,6 +56,29 @@ class FrameResult:
         return self.error is None
 
 
+_warned_float_int8: set[tuple[str, int]] = set()
+
+
+def warn_if_not_quantized(path: Path) -> None:
+    """Warn (once per file version) when an ONNX model served as ``int8`` holds no quantized operator: it computes
+    in FP32 (what an INT8 artifact written from a model whose nodes had no names looked like)."""
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if path.suffix != ".onnx" or key in _warned_float_int8:
+            return
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception:  # an engine, or unreadable: the backend reports what matters
+        return
+    _warned_float_int8.add(key)
+    if not ops & {"QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger"} and not any(
+            op.startswith("QLinear") for op in ops):
+        logger.warning("%s is served as int8 but holds no quantized operator (no QuantizeLinear/DequantizeLinear or "
+                       "QLinear*): it computes in FP32; recalibrate it with `trtserve calibrate MODEL --images DIR "
+                       "--overwrite`", path)
+
+
 def infer_padded(backend: Backend, input_name: str, tensor: NDArray[np.generic], fixed_batch: int | None
                  ) -> dict[str, NDArray[np.generic]]:
     """Run one batch; a model with a fixed batch larger than it gets zero frames appended, cut off after."""
@@ -88,12 +112,13 @@ class Detector:
         model gets a prefix that takes the letterboxed uint8 frames and normalizes them itself
         (:mod:`trtserve.backends.input_prefix`); elsewhere, and for a model whose input cannot take it, the
         frames are normalized on the CPU as without it."""
+        from trtserve.backends.devices import open_backend  # model.yaml's device: one GPU, or several
+
         kind = backend_class(backend or config.backend)
         options = replace(options or BackendOptions(), precision=precision)
-        unloaded = kind(kind.model_file(config, precision), options)
-        if normalize_in_model and isinstance(unloaded, FoldsInput):
-            unloaded.fold_input(InputPrefix.from_spec(config.input), config.input.name)
-        loaded = unloaded.load()
+        loaded = open_backend(kind, config, precision, options, normalize_in_model)
+        if precision == "int8":
+            warn_if_not_quantized(loaded.model_path)
         try:
             return cls(config, loaded, precision)
         except Exception:
@@ -136,6 +161,7 @@ class Detector:
                                          in_model=folded)
         self.head = make_head(self.config.head, len(self.config.class_names),
                               [t.shape for t in self.backend.outputs], where, probe=self._probe_output_shapes)
+        self.head.check_model(self.config, where)
 
     def _probe_output_shapes(self) -> list[tuple[int | None, ...]]:
         """The output shapes of one blank frame through the model: what ``head: auto`` picks from when the export
@@ -150,7 +176,7 @@ class Detector:
     def prepare(self, frame: Frame) -> NDArray[np.uint8]:
         """Decode (bytes) or check (array) one frame; raises InvalidFrameError."""
         if isinstance(frame, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(frame), self.config.max_frame_pixels)
+            return decode_image(bytes(frame), self.config.max_frame_pixels, self.config.input.exif_orientation)
         return check_frame(frame, self.config.max_frame_pixels)
 
     def letterbox(self, frame: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], Letterbox]:
@@ -161,7 +187,7 @@ class Detector:
         """:meth:`prepare` then :meth:`letterbox`, letting a large JPEG be downscaled while it is decoded."""
         if isinstance(frame, (bytes, bytearray, memoryview)):
             image, original_hw = decode_for_input(bytes(frame), self.config.max_frame_pixels,
-                                                  self.preprocessor.needed_wh)
+                                                  self.preprocessor.needed_wh, self.config.input.exif_orientation)
             return self.preprocessor.letterbox_one(image, original_hw=original_hw)
         return self.letterbox(check_frame(frame, self.config.max_frame_pixels))
 

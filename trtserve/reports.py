@@ -3,7 +3,9 @@
 Each report is a frozen dataclass deriving from :class:`JsonReport`; its fields, in declaration order, are the
 keys of its JSON form. :meth:`JsonReport.as_dict` builds that form: nested reports become nested objects, tuples
 become lists, and a field declared ``field(default=None, metadata=OMIT_WHEN_NONE)`` is left out while it is None
-(a None field declared without it is written as ``null``). Imports nothing: the CLI and the backends read it.
+(a None field declared without it is written as ``null``); one declared with ``metadata=NOT_IN_JSON`` is never
+written (data the object carries for other readers, such as the HTML calibration report). Imports nothing: the
+CLI and the backends read it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 _OMIT_KEY = "trtserve.omit_when_none"
 OMIT_WHEN_NONE: Mapping[str, bool] = MappingProxyType({_OMIT_KEY: True})  # dataclass field metadata
+_NOT_IN_JSON_KEY = "trtserve.not_in_json"
+NOT_IN_JSON: Mapping[str, bool] = MappingProxyType({_NOT_IN_JSON_KEY: True})  # carried by the object, never written
 
 
 def _plain(value: object) -> Any:
@@ -37,7 +41,7 @@ class JsonReport:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.metadata.get(_OMIT_KEY):
+            if (value is None and f.metadata.get(_OMIT_KEY)) or f.metadata.get(_NOT_IN_JSON_KEY):
                 continue
             out[f.name] = _plain(value)
         return out

@@ -46,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "trtserve.v1": BASE,
     "trtserve.vision": BASE | {"trtserve.config"},
     "trtserve.datasets": BASE | {"trtserve.vision"},
-    "trtserve.repository": BASE | {"trtserve.config"},
+    "trtserve.repository": BASE | {"trtserve.config", "calibrators"},  # folds a QAT model's Q/DQ for its shadow
     "trtserve.heads": BASE | {"trtserve.config", "trtserve.vision", "trtserve.heads.registry"},
     "trtserve.tensorrt": BASE | {"trtserve.config", "calibrators"},
     "trtserve.backends": BASE | {"trtserve.config", "trtserve.backends.registry", "trtserve.tensorrt"},

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtserve.backends.base import BackendOptions
-from trtserve.calibration.evaluation import EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD, FrameTruth, coco_scores
+from trtserve.calibration.evaluation import (
+    EVAL_MAX_DETECTIONS,
+    EVAL_SCORE_THRESHOLD,
+    FrameTruth,
+    coco_scores,
+    detect_letterboxed,
+)
 from trtserve.config import ModelConfig
 from trtserve.datasets.labelled import LabelledDataset, LabelledImage
 from trtserve.errors import TrtserveError, UsageError
@@ -87,6 +93,10 @@ class DatasetEvaluation(JsonReport):
     agreement_f1: float | None = field(default=None, metadata=OMIT_WHEN_NONE)
     agreement_mean_iou: float | None = field(default=None, metadata=OMIT_WHEN_NONE)
     disagreements: tuple[FrameDisagreement, ...] | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    multi_label: bool = False  # scored with every class above threshold per box (Ultralytics val), not one
+    empty_label_files: int = 0  # YOLO: images labelled as without objects (an empty .txt)
+    missing_label_files: int = 0  # YOLO: images with no label file, scored as without objects (see warnings)
+    warnings: tuple[str, ...] = ()  # what the dataset reader noticed (one line each, naming files and what to do)
 
     def describe(self) -> str:
         """The evaluation as a few lines of text: the precisions side by side, then agreement and problems."""
@@ -97,7 +107,7 @@ class DatasetEvaluation(JsonReport):
             return f"{v:>9.4f}" if v is not None else f"{'-':>9}"
 
         lines = [f"{self.model} on {self.data} ({self.layout}): {self.images} images, {self.objects} objects, "
-                 f"{len(self.unreadable)} unreadable",
+                 f"{len(self.unreadable)} unreadable" + (", multi-label" if self.multi_label else ""),
                  f"{'':<{col}}" + "".join(f"{n:>9}" for n in names),
                  f"{'mAP50':<{col}}" + "".join(cell(self.precisions[n].map50) for n in names),
                  f"{'mAP50-95':<{col}}" + "".join(cell(self.precisions[n].map50_95) for n in names)]
@@ -114,6 +124,7 @@ class DatasetEvaluation(JsonReport):
                     f"{d.image} (F1 {d.f1:.2f}: {d.only_int8} only in int8, {d.only_fp32} only in fp32)"
                     for d in self.disagreements))
         lines += [f"unreadable: {u.image}: {u.reason}" for u in self.unreadable]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -145,9 +156,13 @@ def _round(v: float | None) -> float | None:
 
 
 def evaluate_dataset(config: ModelConfig, dataset: LabelledDataset, precisions: Sequence[str] = ("fp32", "int8"),
-                     progress: bool = False, options: BackendOptions | None = None, worst: int = WORST_FRAMES
-                     ) -> DatasetEvaluation:
+                     progress: bool = False, options: BackendOptions | None = None, worst: int = WORST_FRAMES,
+                     multi_label: bool = False, iou_threshold: float | None = None) -> DatasetEvaluation:
     """Run ``config``'s model in each of ``precisions`` over ``dataset`` and score it (see the module).
+
+    ``multi_label``: every class above the threshold at an anchor is a candidate
+    (:func:`trtserve.heads.multilabel.decode_multi_label`, as Ultralytics ``val`` scores); default one per box, as
+    the model serves. ``iou_threshold``: the NMS IoU (default the model's ``head.iou_threshold``).
 
     Raises ModelLoadError/ConfigError when a precision cannot be opened, UsageError when a decoded image contradicts
     its annotations' size or when no image could be decoded. ``progress`` shows a bar (stderr) on passes longer than
@@ -165,7 +180,12 @@ def evaluate_dataset(config: ModelConfig, dataset: LabelledDataset, precisions: 
         for p in precisions:
             detectors[p] = Detector.open(config, p, options=options)
         first = detectors[precisions[0]]
-        thresholds = first.with_thresholds(score=EVAL_SCORE_THRESHOLD, max_detections=EVAL_MAX_DETECTIONS)
+        if multi_label:
+            from trtserve.heads.multilabel import require_multi_label
+
+            require_multi_label(first.head)
+        thresholds = first.with_thresholds(score=EVAL_SCORE_THRESHOLD, iou=iou_threshold,
+                                           max_detections=EVAL_MAX_DETECTIONS)
         predictions: dict[str, list[Prediction]] = {p: [] for p in precisions}
         seconds = dict.fromkeys(precisions, 0.0)
         truths: list[FrameTruth] = []
@@ -199,7 +219,7 @@ def evaluate_dataset(config: ModelConfig, dataset: LabelledDataset, precisions: 
                 if frames:
                     for p, detector in detectors.items():
                         t = time.perf_counter()
-                        for found in detector.infer_letterboxed(frames, geometries, [thresholds] * len(frames)):
+                        for found in detect_letterboxed(detector, frames, geometries, thresholds, multi_label):
                             predictions[p].append((found.boxes_xyxy, found.scores, found.class_ids))
                         seconds[p] += time.perf_counter() - t
                 bar.update(len(chunk))
@@ -228,6 +248,9 @@ def evaluate_dataset(config: ModelConfig, dataset: LabelledDataset, precisions: 
         extra = {"agreement_f1": round(total.f1, 4), "agreement_mean_iou": round(total.mean_iou, 4),
                  "disagreements": tuple(frames_f1[:worst])}
     objects = sum(int(np.count_nonzero(~t.crowd)) if t.crowd is not None else len(t.class_ids) for t in truths)
+    extra.update(empty_label_files=dataset.empty_label_files, missing_label_files=dataset.missing_label_files,
+                 warnings=dataset.warnings)
+    extra["multi_label"] = multi_label
     result = DatasetEvaluation(config.name, str(dataset.source), dataset.layout, len(scored), objects,
                                tuple(unreadable), scores, round(time.monotonic() - t0, 2), **extra)  # type: ignore[arg-type]
     logger.info("evaluated %s on %s in %.1f s: %s", config.name, dataset.source, result.seconds,

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +17,11 @@ from trtserve.datasets.synthetic import Scene, evaluation_set
 from trtserve.detector import Detector
 from trtserve.errors import ServerError
 from trtserve.reports import JsonReport
+
+if TYPE_CHECKING:
+    from trtserve.heads.base import Thresholds
+    from trtserve.vision.detections import Detections
+    from trtserve.vision.letterbox import Letterbox
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ class EvalResult(JsonReport):
     images: int
     precision: str
     seconds: float  # detection and scoring, rounded to 0.01 s
+    multi_label: bool = False  # every class above threshold per box (as Ultralytics val), not one per box
 
 
 @dataclass(frozen=True)
@@ -114,18 +121,44 @@ def coco_map(scenes: list[Scene], predictions: list[tuple[np.ndarray, np.ndarray
     return scores.map50, scores.map50_95
 
 
-def evaluate(detector: Detector, num_images: int = 300) -> EvalResult:
-    """Detect on ``num_images`` held-out scenes and score them with COCO mAP."""
+def detect_letterboxed(detector: Detector, frames: Sequence[NDArray[np.uint8]], geometries: Sequence[Letterbox],
+                       thresholds: Thresholds, multi_label: bool = False) -> list[Detections]:
+    """Detections on letterboxed frames (at most max_batch_size): the model's own decode, or with ``multi_label`` a
+    candidate per class above the threshold at each anchor (:func:`trtserve.heads.multilabel.decode_multi_label`,
+    as Ultralytics ``val`` scores)."""
+    if not multi_label:
+        return detector.infer_letterboxed(frames, geometries, [thresholds] * len(frames))
+    from trtserve.heads.multilabel import decode_multi_label
+
+    outputs = detector.infer_tensor(detector.preprocessor.to_input(frames))
+    return decode_multi_label(detector.head, outputs, list(geometries), thresholds)
+
+
+def evaluate(detector: Detector, num_images: int = 300, multi_label: bool = False,
+             iou_threshold: float | None = None) -> EvalResult:
+    """Detect on ``num_images`` held-out scenes and score them with COCO mAP (``multi_label``: see
+    :func:`detect_letterboxed`; ``iou_threshold``: the NMS IoU, default the model's)."""
     t0 = time.monotonic()
     scenes = list(evaluation_set(num_images))
-    thresholds = detector.with_thresholds(score=EVAL_SCORE_THRESHOLD, max_detections=EVAL_MAX_DETECTIONS)
-    results = detector.detect([s.image_bgr for s in scenes], thresholds)
+    thresholds = detector.with_thresholds(score=EVAL_SCORE_THRESHOLD, iou=iou_threshold,
+                                          max_detections=EVAL_MAX_DETECTIONS)
     preds = []
-    for i, r in enumerate(results):
-        if r.detections is None:  # held-out scenes are arrays the model takes: a failure is the model's
-            raise ServerError(f"evaluation scene {i} failed: {r.error}") from r.error
-        preds.append((r.detections.boxes_xyxy, r.detections.scores, r.detections.class_ids))
+    if multi_label:
+        from trtserve.heads.multilabel import require_multi_label
+
+        require_multi_label(detector.head)
+        step = detector.config.max_batch_size
+        for start in range(0, len(scenes), step):
+            boxed = [detector.letterbox(detector.prepare(s.image_bgr)) for s in scenes[start : start + step]]
+            found = detect_letterboxed(detector, [b[0] for b in boxed], [b[1] for b in boxed], thresholds, True)
+            preds += [(d.boxes_xyxy, d.scores, d.class_ids) for d in found]
+    else:
+        for i, r in enumerate(detector.detect([s.image_bgr for s in scenes], thresholds)):
+            if r.detections is None:  # held-out scenes are arrays the model takes: a failure is the model's
+                raise ServerError(f"evaluation scene {i} failed: {r.error}") from r.error
+            preds.append((r.detections.boxes_xyxy, r.detections.scores, r.detections.class_ids))
     map50, map50_95 = coco_map(scenes, preds, len(detector.config.class_names))
-    result = EvalResult(map50, map50_95, len(scenes), detector.precision, round(time.monotonic() - t0, 2))
+    result = EvalResult(map50, map50_95, len(scenes), detector.precision, round(time.monotonic() - t0, 2),
+                        multi_label)
     logger.info("eval %s: mAP50 %.3f mAP50-95 %.3f on %d images", detector.precision, map50, map50_95, len(scenes))
     return result

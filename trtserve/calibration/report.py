@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from trtserve.reports import OMIT_WHEN_NONE, JsonReport
+from trtserve.reports import NOT_IN_JSON, OMIT_WHEN_NONE, JsonReport
+
+if TYPE_CHECKING:
+    import onnx
+
+    from calibrators.graph import Plan
+    from calibrators.histogram import HistogramSummary
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,33 @@ class CalibratedTensor(JsonReport):
     amax: float  # the calibrated symmetric range
     max_abs: float  # the largest |x| seen
     nonnegative: bool  # never negative on the calibration frames
+
+
+@dataclass(frozen=True)
+class LayerCount(JsonReport):
+    """The weighted layers (Conv, ConvTranspose, Gemm, MatMul with constant weights) of the INT8 model: how many
+    are quantized and how many stay float; ``post_processing_nodes`` other nodes stay float too (the head's decode).
+    """
+
+    total: int
+    quantized: int
+    kept_float: int
+    post_processing_nodes: int
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, plan: Plan) -> LayerCount:
+        """The count for ``plan`` (the onnxruntime placement's) on the prepared ``model``."""
+        from calibrators.graph import WEIGHTED_OPS
+
+        ops = {n.name: n.op_type for n in model.graph.node}
+        float_weighted = sum(1 for n in plan.excluded_nodes if ops.get(n) in WEIGHTED_OPS)
+        quantized = len(plan.weighted_nodes)
+        return cls(quantized + float_weighted, quantized, float_weighted, len(plan.excluded_nodes) - float_weighted)
+
+    def describe(self) -> str:
+        """E.g. ``kept float: 6 of 46 weighted layers (+ post-processing)``."""
+        extra = " (+ post-processing)" if self.post_processing_nodes else ""
+        return f"kept float: {self.kept_float} of {self.total} weighted layers{extra}"
 
 
 @dataclass(frozen=True)
@@ -47,9 +81,19 @@ class PrecisionComparison(JsonReport):
 class CalibrationReport(JsonReport):
     """What ``trtserve calibrate`` did: the result of :func:`trtserve.calibration.run.run_calibration`.
 
-    ``auto_exclude`` is None (``null`` in JSON) without ``--auto-exclude``; ``evaluation`` is None (and
-    absent from JSON) without ``--eval-images``.
+    ``auto_exclude`` is None (``null`` in JSON) without ``--auto-exclude`` (or, for method ``auto``, when a
+    candidate met the target without it); ``evaluation`` is None (and absent from JSON) without ``--eval-images``.
+    ``tensors[...].amax`` are the ranges written (for ``auto``, the chosen method's).
     """
+
+    def summary(self) -> str:
+        """The method line ``trtserve calibrate`` prints: what was chosen and why, and what stayed float."""
+        method = self.method
+        if self.method_choice is not None:
+            method = f"auto -> {self.method_choice['chosen']}: {self.method_choice['reason']}"
+        layers = (self.weighted_layers.describe() if self.weighted_layers is not None
+                  else f"{len(self.excluded)} nodes kept float")
+        return f"method {method}\n{len(self.tensors)} tensors; {layers}"
 
     model: str
     method: str
@@ -63,3 +107,11 @@ class CalibrationReport(JsonReport):
     auto_exclude: Mapping[str, object] | None  # calibrators.sensitivity.AutoExcludeResult.as_dict()
     artifacts: CalibrationArtifacts
     evaluation: PrecisionComparison | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # method "auto": calibrators.sensitivity.RangeChoice.as_dict() -- the method chosen, each candidate's agreement
+    # with FP32 on the calibration frames, and why; absent for an explicit method
+    method_choice: Mapping[str, object] | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    weighted_layers: LayerCount | None = field(default=None, metadata=OMIT_WHEN_NONE)  # quantized / kept float
+    # |x| per tensor, 64 bins at most, for the HTML report (trtserve.calibration.html_report); not in the JSON
+    histograms: Mapping[str, HistogramSummary] = field(default_factory=dict, metadata=NOT_IN_JSON, repr=False)
+    # calibrators.memory.MemoryUse.as_dict(): the memory budget, passes, frames per run, measured peak RSS
+    memory: Mapping[str, object] | None = field(default=None, metadata=OMIT_WHEN_NONE)
