@@ -88,6 +88,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"CPU per frame: server {'(not started here)' if server_cpu is None else f'{server_cpu} ms'}, "
             f"client {s.client_cpu_ms_per_frame} ms, "
             f"engine alone {s.engine_cpu_ms_per_frame} ms"
+            + (f"; server outside the engine {s.server_cpu_outside_engine_ms_per_frame} ms"
+               if s.server_cpu_outside_engine_ms_per_frame is not None else "")
             + (f"; efficiency these allow with every core busy: {s.cpu_bound_efficiency_ceiling}"
                if s.cpu_bound_efficiency_ceiling is not None else "")))
         return 0
@@ -124,15 +126,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from trtserve.bench import calibration as bench_calibration
         from trtserve.repository import ModelRepository
 
-        c = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images)
-        emit(c.as_dict(), args.json, "\n".join([
-            f"calibration on {c.frames} frames, trtserve vs ONNX Runtime quantize_static (entropy, QDQ):",
-            f"  peak RSS   {c.peak_rss_mb} MB vs {c.peak_rss_mb_ort} MB  (ratio {c.rss_ratio_vs_ort})",
-            f"  wall time  {c.seconds} s vs {c.seconds_ort} s  (ratio {c.time_ratio_vs_ort})",
-            f"  mAP50-95   fp32 {c.map50_95_fp32:.4f}  int8 {c.map50_95_int8:.4f}  "
-            f"int8 (ORT) {c.map50_95_int8_ort:.4f}",
-            f"  agreement with fp32 (F1@0.5) {c.agreement_f1}",
-            f"  int8 speed-up at batch 8: {c.int8_speedup}x (ORT's int8: {c.int8_ort_speedup}x)"]))
+        c = bench_calibration.run(ModelRepository(args.repository).get(args.model), args.frames, args.eval_images,
+                                  rounds=args.repeats)
+        emit(c.as_dict(), args.json, c.describe())
         return 0
 
     from trtserve.bench.throughput import throughput
@@ -170,7 +166,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="bench hostile, overload: seconds per phase (default 5)")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
     p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
-    p.add_argument("--server", help="a running server (bench streams); default: start one here")
+    p.add_argument("--server", "--address", dest="server", metavar="ADDR",
+                   help="a running server (bench streams); default: start one here")
     p.add_argument("--kserve", action="store_true", help="drive the KServe v2 API with tritonclient")
     p.add_argument("--http", action="store_true",
                    help="bench streams: drive KServe v2 over HTTP/REST with tritonclient.http (binary tensors; "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,6 +14,30 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 Subcommands = Any  # argparse's _SubParsersAction (private); each group adds its parsers to it
+
+
+# What OpenCV's video reader and FFmpeg print straight to file descriptor 2 about a source ("[h264 @ 0x...] error
+# while decoding MB", "[mov,mp4,... @ 0x...] moov atom not found", "[ WARN:0@0.1] global cap_ffmpeg_impl.hpp ..."),
+# besides the image decoders' own lines: commands that read videos send them through the rate-limited filter of
+# :func:`trtserve.logs.rate_limit_native_stderr` (one line per kind a minute, with a count), never raw.
+NATIVE_VIDEO_WARNINGS = ("[",)
+
+
+@contextlib.contextmanager
+def native_warnings_filtered() -> Iterator[None]:
+    """Native libraries' lines about bad frames and sources rate-limited while the block runs (see above); nothing
+    to filter where there is no file descriptor 2."""
+    from trtserve.logs import NATIVE_DECODER_WARNINGS, rate_limit_native_stderr
+
+    try:
+        restore = rate_limit_native_stderr(NATIVE_DECODER_WARNINGS + NATIVE_VIDEO_WARNINGS)
+    except OSError:  # a closed stderr: nothing native can reach the user either
+        yield
+        return
+    try:
+        yield
+    finally:
+        restore()
 
 
 def emit(payload: Any, as_json: bool, text: str) -> None:

@@ -11,7 +11,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit, model_command, open_detector
+from trtserve.cli.common import (
+    EXIT_USER_ERROR,
+    Subcommands,
+    emit,
+    model_command,
+    native_warnings_filtered,
+    open_detector,
+)
 from trtserve.errors import UsageError
 
 if TYPE_CHECKING:
@@ -79,7 +86,8 @@ def _keep(det: Detections, classes: set[int] | None) -> Detections:
     return type(det)(det.boxes_xyxy[k], det.scores[k], det.class_ids[k])
 
 
-def _items(det: Detections, names: tuple[str, ...]) -> list[dict[str, Any]]:
+def detection_items(det: Detections, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Detections as JSON items (label, class id, score, xyxy box in frame pixels): ``detect`` and ``stream``."""
     return [{"label": names[int(c)], "class_id": int(c), "score": round(float(s), 4),
              "box_xyxy": [round(float(v), 1) for v in b]} for b, s, c in zip(det.boxes_xyxy, det.scores, det.class_ids)]
 
@@ -138,7 +146,7 @@ def _detect_images(detector: Detector, files: list[Path], thresholds: Thresholds
                 yield {"image": str(path), "error": reason}, [f"{path}: error: {reason}"], False
                 continue
             det = _keep(result.detections, classes)
-            items = _items(det, names)
+            items = detection_items(det, names)
             lines = [f"{path}: {len(items)} detections"]
             lines += [f"  {d['label']:<10} {d['score']:.2f} {d['box_xyxy']}" for d in items]
             target = outputs.path_for(path)
@@ -175,7 +183,7 @@ def _detect_video(detector: Detector, path: Path, thresholds: Thresholds, classe
         nonlocal writer
         for frame, result in zip(batch, detector.detect(list(batch), thresholds)):
             det = _keep(result.detections, classes) if result.detections is not None else None
-            items = _items(det, names) if det is not None else []
+            items = detection_items(det, names) if det is not None else []
             for d in items:
                 per_class[d["label"]] = per_class.get(d["label"], 0) + 1
             frames.append({"frame": len(frames), "detections": items} if det is not None else
@@ -210,6 +218,11 @@ def _detect_video(detector: Detector, path: Path, thresholds: Thresholds, classe
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    with native_warnings_filtered():  # libjpeg's and FFmpeg's lines about broken inputs: rate-limited, never raw
+        return _detect(args)
+
+
+def _detect(args: argparse.Namespace) -> int:
     files = expand_sources(args.images)
     outputs = _Outputs(args.out, files)
     payload: list[dict[str, Any]] = []

@@ -34,7 +34,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         dataset = open_dataset(args.data, args.annotations, config.class_names, args.split)
         result = evaluate_dataset(config, dataset, dataset_precisions(config, args.precision),
-                                  progress=sys.stderr.isatty(), options=_options(args))
+                                  progress=sys.stderr.isatty(), options=_options(args), multi_label=args.multi_label,
+                                  iou_threshold=args.iou_threshold)
         emit(result.as_dict(), args.json, result.describe())
         return 0
     if args.annotations is not None:
@@ -48,9 +49,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = []
     for precision in precisions:
         with Detector.open(config, precision, options=_options(args)) as detector:
-            results.append(evaluate(detector, args.images))
+            results.append(evaluate(detector, args.images, args.multi_label, args.iou_threshold))
+    label = ", multi-label" if args.multi_label else ""
     text = "\n".join(f"{args.model} {r.precision}: mAP50 {r.map50:.4f}  mAP50-95 {r.map50_95:.4f}  "
-                     f"({r.images} images, {r.seconds} s)" for r in results)
+                     f"({r.images} images{label}, {r.seconds} s)" for r in results)
     emit(results[0].as_dict() if len(results) == 1 else [r.as_dict() for r in results], args.json, text)
     return 0
 
@@ -80,4 +82,9 @@ def register(sub: Subcommands) -> None:
                    help="default: fp32; with --data, fp32 and int8 (where calibrated) side by side")
     p.add_argument("--images", type=int, default=300, help="held-out synthetic images without --data (default 300)")
     add_dataset_options(p)
+    p.add_argument("--multi-label", action="store_true",
+                   help="score every class above threshold at each box, as Ultralytics val does (higher mAP than "
+                        "the one label per box the model serves, which pycocotools scores by default)")
+    p.add_argument("--iou-threshold", type=float, default=None, metavar="IOU",
+                   help="NMS IoU while evaluating (default: the model's head.iou_threshold; Ultralytics val uses 0.7)")
     p.set_defaults(func=cmd_eval)

@@ -80,7 +80,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("action", nargs="?", choices=["load", "unload", "reload"],
                    help="with --server: load (a loaded model is reloaded), unload or reload NAME while serving")
     p.add_argument("name", nargs="?", metavar="NAME")
-    p.add_argument("--server", metavar="ADDR", help="a running server (host:port) with model_control: true")
+    p.add_argument("--server", "--address", dest="server", metavar="ADDR",
+                   help="a running server (host:port) with model_control: true")
     add_remote_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)

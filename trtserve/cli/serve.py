@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, emit
+from trtserve.cli.common import EXIT_USER_ERROR, Subcommands, native_warnings_filtered
 from trtserve.errors import ConfigError, RemoteCallError, UsageError
 from trtserve.reports import JsonReport
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
@@ -88,7 +92,45 @@ class StreamSummary(JsonReport):
     p99_ms: float
 
 
+def paced(frames: Iterator[NDArray[np.uint8]], fps: float, clock: Callable[[], float] | None = None,
+          sleep: Callable[[float], None] | None = None) -> Iterator[NDArray[np.uint8]]:
+    """``frames`` at most ``fps`` a second: frame ``i`` is not given before ``i / fps`` seconds from the first, as a
+    camera would deliver them (``--realtime``). A frame that is late is given at once: no catching up by bursts is
+    needed, and the schedule never drifts (it is kept from the first frame, not from the last)."""
+    import time
+
+    now, wait = clock or time.monotonic, sleep or time.sleep
+    start: float | None = None
+    for i, frame in enumerate(frames):
+        if start is None:
+            start = now()
+        due = start + i / fps
+        if (ahead := due - now()) > 0:
+            wait(ahead)
+        yield frame
+
+
+def frame_line(answer: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """One ``stream --json`` line: the frame's number and detections (xyxy in frame pixels) and the server's
+    time, or its error code and reason."""
+    from trtserve.cli.detect import detection_items
+    from trtserve.client import detections_of
+    from trtserve.v1 import detection_pb2 as pb
+
+    if answer.status != pb.STATUS_OK:
+        return {"frame": int(answer.sequence), "error": answer.error_code, "reason": answer.reason}
+    return {"frame": int(answer.sequence), "detections": detection_items(detections_of(answer), names),
+            "server_ms": round(1000 * answer.timing.total_seconds, 2)}
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
+    with native_warnings_filtered():  # FFmpeg's lines about a broken source: rate-limited, never raw
+        return _stream(args)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import itertools
+    import json
     import time
 
     import cv2
@@ -96,11 +138,16 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import numpy as np
 
     from trtserve.client import DetectionClient, detections_of
+    from trtserve.errors import InvalidFrameError
     from trtserve.v1 import detection_pb2 as pb
     from trtserve.vision.draw import annotate
     from trtserve.vision.video import Video
 
-    video = Video(int(args.source) if args.source.isdigit() else args.source)
+    try:
+        video = Video(int(args.source) if args.source.isdigit() else args.source)
+    except InvalidFrameError as exc:
+        raise UsageError(f"{exc}; SOURCE must be a video file, a camera index or an rtsp:// / http:// stream URL"
+                         ) from None
     fps_in = video.fps
     source_frames = video.frames(args.frames)
     first = next(source_frames, None)  # OpenCV "opens" many files it cannot read a frame of
@@ -108,9 +155,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         video.close()
         raise UsageError(f"{args.source}: no frame could be read; SOURCE must be a video file, a camera index or an "
                          "rtsp:// / http:// stream URL")
-    import itertools
-
     source_frames = itertools.chain([first], source_frames)
+    if args.realtime:
+        source_frames = paced(source_frames, fps_in)
 
     writer = None
     latencies: list[float] = []
@@ -120,9 +167,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         with DetectionClient(args.server, args.model, None if args.raw else args.jpeg_quality) as client:
             names = tuple(client.model_info(args.model).classes)
             for frame, answer in client.stream_frames(source_frames, args.stream_id):
+                if args.json:
+                    sys.stdout.write(json.dumps(frame_line(answer, names)) + "\n")
                 if answer.status != pb.STATUS_OK:
                     errors += 1
-                    sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
+                    if not args.json:
+                        sys.stderr.write(f"frame {answer.sequence}: {answer.error_code} {answer.reason}\n")
                     continue
                 ok_frames += 1
                 latencies.append(answer.timing.total_seconds)
@@ -146,8 +196,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     lat = np.array(latencies or [0.0]) * 1000
     s = StreamSummary(frames=ok_frames, errors=errors, fps=round(ok_frames / elapsed, 1) if elapsed else 0.0,
                       p50_ms=round(float(np.percentile(lat, 50)), 2), p99_ms=round(float(np.percentile(lat, 99)), 2))
-    emit(s.as_dict(), args.json, f"{ok_frames} frames ({errors} errors), {s.fps} frames/s, server latency "
-                                 f"p50 {s.p50_ms} ms, p99 {s.p99_ms} ms")
+    if args.json:  # JSON Lines: the frames, then the summary
+        sys.stdout.write(json.dumps({"summary": s.as_dict()}) + "\n")
+    else:
+        sys.stdout.write(f"{ok_frames} frames ({errors} errors), {s.fps} frames/s, server latency p50 {s.p50_ms} ms, "
+                         f"p99 {s.p99_ms} ms\n")
     return 0 if errors == 0 else EXIT_USER_ERROR
 
 
@@ -192,7 +245,8 @@ def register(sub: Subcommands) -> None:
 
     p = sub.add_parser("stream", help="stream a video file, camera or RTSP/HTTP URL to a server")
     p.add_argument("source", metavar="SOURCE", help="video file, camera index (0) or rtsp:// / http:// URL")
-    p.add_argument("--server", default="127.0.0.1:8001")
+    p.add_argument("--server", "--address", dest="server", default="127.0.0.1:8001", metavar="ADDR",
+                   help="the server's host:port (default 127.0.0.1:8001)")
     p.add_argument("--model", default="")
     p.add_argument("--stream-id", default="stream-0")
     p.add_argument("--out", type=Path, help="write the annotated video here")
@@ -200,12 +254,15 @@ def register(sub: Subcommands) -> None:
     enc = p.add_mutually_exclusive_group()
     enc.add_argument("--jpeg-quality", type=int, default=90)
     enc.add_argument("--raw", action="store_true", help="send raw BGR pixels instead of JPEG")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--realtime", action="store_true",
+                   help="send frames at the source's frame rate (a file is otherwise read as fast as answered)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines on stdout: one line per frame (detections or error), then {\"summary\": ...}")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("health", help="ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (1)")
     p.add_argument("--server", "--address", dest="address", metavar="ADDR",
-                   help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001); --address is the old spelling")
+                   help="host:port (default 127.0.0.1:$TRTSERVE_GRPC_PORT or 8001); --address is the same option")
     p.add_argument("--service", default="", help="a model name, or '' (default) for the whole server")
     p.add_argument("--timeout-s", type=float, default=3.0)
     p.set_defaults(func=cmd_health)

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from trtserve.datasets.labelled import SIZE_TOLERANCE_PX, LabelledDataset, LabelledImage, map_classes
+from trtserve.datasets.labelled import (
+    SIZE_TOLERANCE_PX,
+    LabelledDataset,
+    LabelledImage,
+    examples,
+    list_images,
+    map_classes,
+)
 from trtserve.errors import UsageError
 
 
@@ -93,4 +100,10 @@ def read_coco(images_dir: Path, annotations: Path, model_names: Sequence[str]) -
                                  crowd=np.array(e["crowd"], bool)) for e in entries.values())
     if not images:
         raise UsageError(f"{annotations} lists no images; nothing to evaluate")
-    return LabelledDataset("coco", annotations, images, tuple(categories.values()))
+    listed = {e["path"].resolve() for e in entries.values()}
+    unlisted = [str(p.relative_to(images_dir)) for p in list_images(images_dir) if p.resolve() not in listed]
+    warnings: tuple[str, ...] = ()
+    if unlisted:
+        warnings = (f"{len(unlisted)} images in {images_dir} are not in {annotations.name} and are not scored (e.g. "
+                    f"{examples(unlisted)}); is --annotations the file made for this folder?",)
+    return LabelledDataset("coco", annotations, images, tuple(categories.values()), warnings)

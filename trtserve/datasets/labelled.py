@@ -58,6 +58,11 @@ class LabelledDataset:
     source: Path  # the annotations file or data.yaml
     images: tuple[LabelledImage, ...]
     class_names: tuple[str, ...]  # the dataset's own names, in its order
+    # what the reader noticed and did not refuse, one line each naming the files and what to do (the evaluation
+    # repeats them): images without a label file (scored as frames without objects), labels without an image, ...
+    warnings: tuple[str, ...] = ()
+    empty_label_files: int = 0  # YOLO: images whose label file is empty (a frame without objects, as meant)
+    missing_label_files: int = 0  # YOLO: images with no label file at all (scored as frames without objects)
 
     @property
     def objects(self) -> int:
@@ -71,6 +76,15 @@ class LabelledDataset:
             except ValueError:
                 continue
         return str(image.path)
+
+
+MAX_NAMED = 3  # a warning names this many example files
+
+
+def examples(names: Sequence[str]) -> str:
+    """``a, b, c and 4 more``: the first :data:`MAX_NAMED` names of a list a warning is about."""
+    shown = ", ".join(names[:MAX_NAMED])
+    return shown + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
 
 
 def map_classes(dataset_names: Mapping[int, str], model_names: Sequence[str], where: Path) -> dict[int, int]:

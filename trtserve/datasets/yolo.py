@@ -5,8 +5,11 @@ written from synthetic scenes (:func:`write_yolo`, for tests and for ``trtserve 
 ``val``, ``test``: a folder, a ``.txt`` list of image paths, or a list of them, relative to the root) and the class
 ``names`` (a list, or a mapping id -> name). Each image ``.../images/.../x.jpg`` has its labels in
 ``.../labels/.../x.txt``: one object per line, ``class cx cy w h`` normalized to 0..1 (a segmentation line,
-``class x1 y1 x2 y2 ...``, counts as its polygon's box). A missing or empty label file is an image without objects,
-as Ultralytics reads it — but a split where no image has a label file is refused (the labels are elsewhere).
+``class x1 y1 x2 y2 ...``, counts as its polygon's box). An empty label file is an image without objects (how
+YOLO writes a background frame). A missing one is scored the same way, as Ultralytics does, but it is counted and
+reported apart (:attr:`LabelledDataset.warnings`, naming the files): it is as often a label left behind as a
+background frame. A split where no image has a label file is refused (the labels are elsewhere), and label files
+beside the images that belong to no image of the split are reported (their images were renamed or moved).
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from trtserve.datasets.labelled import IMAGE_SUFFIXES, LabelledDataset, LabelledImage, list_images, map_classes
+from trtserve.datasets.labelled import (
+    IMAGE_SUFFIXES,
+    LabelledDataset,
+    LabelledImage,
+    examples,
+    list_images,
+    map_classes,
+)
 from trtserve.errors import UsageError
 
 COORDINATE_TOLERANCE = 1e-3  # labels may overshoot 0..1 by rounding
@@ -144,20 +154,58 @@ def read_yolo(data: Path, model_names: Sequence[str], split: str = "val") -> Lab
     if not paths:
         raise UsageError(f"{source}: the {split!r} images ({doc[split]}) are none; check 'path' and '{split}'")
     images: list[LabelledImage] = []
-    labelled = 0
+    missing: list[Path] = []
+    empty = 0
+    used: set[Path] = set()
     for p in paths:
         lp = label_path(p)
         if lp.is_file():
-            labelled += 1
+            used.add(lp.resolve())
             boxes, classes = _labels(lp, names, to_model)
+            empty += len(classes) == 0
         else:  # Ultralytics: an image without a label file is a background image
+            missing.append(p)
             boxes, classes = np.zeros((0, 4)), np.zeros(0, np.int64)
         images.append(LabelledImage(p, boxes, classes, normalized=True))
-    if labelled == 0:
+    if len(missing) == len(paths):
         raise UsageError(f"{source}: none of the {len(paths)} {split!r} images has a label file (e.g. "
                          f"{label_path(paths[0])} for {paths[0].name}); YOLO labels go in a 'labels' folder beside "
                          "'images', one .txt per image")
-    return LabelledDataset("yolo", source, tuple(images), tuple(names.values()))
+    warnings = []
+    if missing:
+        warnings.append(f"{len(missing)} of the {len(paths)} {split!r} images have no label file and are scored as "
+                        f"frames without objects (e.g. {examples([str(label_path(p)) for p in missing])}); write an "
+                        "empty .txt for a frame that has none, or put the missing labels there")
+    orphans = _orphan_labels(paths, used)
+    if orphans:
+        warnings.append(f"{len(orphans)} label files beside the {split!r} images belong to no image of it (e.g. "
+                        f"{examples([str(o) for o in orphans])}); was the image renamed, moved or not in {split!r}?")
+    return LabelledDataset("yolo", source, tuple(images), tuple(names.values()), tuple(warnings), empty,
+                           len(missing))
+
+
+def image_folder(labels: Path) -> Path:
+    """The images folder whose labels ``labels`` holds: :func:`label_path`'s rule backwards (the last ``labels``
+    component of the path becomes ``images``)."""
+    parts = list(labels.parts)
+    if "labels" in parts:
+        parts[len(parts) - 1 - parts[::-1].index("labels")] = "images"
+    return Path(*parts)
+
+
+def _orphan_labels(images: Sequence[Path], used: set[Path]) -> list[Path]:
+    """``.txt`` files in the label folders of ``images`` that no image has (in any image format), sorted. A label of
+    an image of another split (a folder shared by the splits' lists) is not one of them: its image is there."""
+    folders = {label_path(p).parent for p in images}
+    orphans = []
+    for d in sorted(folders):
+        if not d.is_dir():
+            continue
+        pictures = image_folder(d)
+        stems = ({p.stem for p in pictures.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if pictures.is_dir()
+                 else set())
+        orphans += [f for f in sorted(d.glob("*.txt")) if f.resolve() not in used and f.stem not in stems]
+    return orphans
 
 
 def write_yolo(scenes: Sequence[Any], directory: Path, split: str = "val", suffix: str = ".png",

@@ -75,8 +75,11 @@ def diagnose() -> Report:
             builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
             report.dla_cores = int(getattr(builder, "num_DLA_cores", 0))
     except ImportError:
-        report.notes.append("TensorRT Python bindings not found: they come with JetPack (Jetson) or the NGC "
-                            "TensorRT container; they are not installed from PyPI here")
+        from trtserve.tensorrt.install_hint import tensorrt_install_hint
+
+        report.notes.append("TensorRT Python bindings not found: " + tensorrt_install_hint(
+            report.machine, report.l4t is not None or L4T_RELEASE_FILE.is_file(), bool(report.gpus) or bool(report.l4t),
+            report.driver, report.cuda_runtime))
     except Exception as exc:
         report.notes.append(f"TensorRT present but unusable: {exc}")
     try:

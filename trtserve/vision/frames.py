@@ -6,6 +6,11 @@ structure, impossible sizes and files whose header claims more than their data c
 the model's ``max_frame_pixels`` and a decode-memory budget of :data:`DECODE_BYTES_PER_PIXEL` bytes per allowed
 pixel. Every refusal and every decoder failure is an :class:`InvalidFrameError` (INVALID_ARGUMENT) whose message
 says what was wrong with the frame, never what OpenCV said.
+
+A JPEG's EXIF orientation (read with its header) is applied after decoding, by :func:`orient`: both decoders are
+asked for the stored pixels (OpenCV with ``IMREAD_IGNORE_ORIENTATION``, simplejpeg never reads EXIF), so the two
+paths give the same upright frame, the one OpenCV's EXIF-aware ``imread`` gives. ``exif_orientation=False``
+(``input.exif_orientation: false`` in model.yaml) keeps the stored pixels.
 """
 
 from __future__ import annotations
@@ -69,36 +74,67 @@ def admit_encoded(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
-def decode_for_input(data: bytes, max_pixels: int, needed_wh: Callable[[int, int], tuple[int, int]]
-                     ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+def decode_for_input(data: bytes, max_pixels: int, needed_wh: Callable[[int, int], tuple[int, int]],
+                     exif_orientation: bool = True) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     """Decode a frame no larger than it needs to be; returns it with the frame's original (height, width).
 
     For a JPEG whose header says it is at least twice the size ``needed_wh(width, height)`` asks for, libjpeg
     downscales while decoding (a 1080p frame for a 640 input: 1/2) — less work than decoding every pixel and
     resizing after. Anything else is decoded whole, as :func:`decode_image` does. Every check of
-    :func:`admit_encoded` applies to the original size, before any pixel is decoded.
+    :func:`admit_encoded` applies to the original size, before any pixel is decoded. With ``exif_orientation`` a
+    JPEG's EXIF orientation is applied (:func:`orient`): the frame, its size and so the boxes found on it are those of
+    the upright picture.
     """
     header = admit_encoded(data, max_pixels)
+    orientation = header.orientation if exif_orientation else 1
     width, height = header.width, header.height
+    upright_hw = (width, height) if orientation >= 5 else (height, width)
     if header.format == "JPEG":
-        need_w, need_h = needed_wh(width, height)
+        need_w, need_h = needed_wh(upright_hw[1], upright_hw[0])
         for factor, flag in _REDUCED:
             w, h = -(-width // factor), -(-height // factor)  # libjpeg rounds scaled sizes up
-            if w >= need_w and h >= need_h:
+            upright_w, upright_h = (h, w) if orientation >= 5 else (w, h)
+            if upright_w >= need_w and upright_h >= need_h:
                 image = _imdecode(header, flag | cv2.IMREAD_IGNORE_ORIENTATION)
                 if image.shape[:2] == (h, w):
-                    return check_frame(image, max_pixels), (height, width)
+                    return orient(check_frame(image, max_pixels), orientation), upright_hw
                 break  # unexpected: decode it whole, which also checks the size properly
-    return _decode_whole(header, max_pixels), (height, width)
+    return orient(_decode_whole(header, max_pixels), orientation), upright_hw
 
 
-def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+def decode_image(data: bytes, max_pixels: int, exif_orientation: bool = True) -> NDArray[np.uint8]:
     """Decode JPEG or PNG bytes into an H x W x 3 BGR uint8 array; raise InvalidFrameError on bad input.
 
-    Grayscale becomes BGR, alpha is dropped, 16-bit samples are scaled to 8 bits; EXIF orientation is ignored.
-    See :func:`admit_encoded` for what is refused before decoding.
+    Grayscale becomes BGR, alpha is dropped, 16-bit samples are scaled to 8 bits; a JPEG's EXIF orientation is
+    applied unless ``exif_orientation`` is false (:func:`orient`). See :func:`admit_encoded` for what is refused
+    before decoding.
     """
-    return _decode_whole(admit_encoded(data, max_pixels), max_pixels)
+    header = admit_encoded(data, max_pixels)
+    return orient(_decode_whole(header, max_pixels), header.orientation if exif_orientation else 1)
+
+
+def orient(image: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
+    """``image`` (as stored) turned upright by its EXIF ``orientation`` (1..8), as OpenCV's ``imread`` does: 2
+    mirror, 3 half turn, 4 flip, 5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn counter-clockwise.
+    Both decoders (OpenCV, simplejpeg) are asked for the stored pixels, so the two paths agree; 1 returns ``image``."""
+    if orientation <= 1 or orientation > 8:
+        return image
+    turned: NDArray[Any]
+    if orientation == 2:
+        turned = cv2.flip(image, 1)
+    elif orientation == 3:
+        turned = cv2.rotate(image, cv2.ROTATE_180)
+    elif orientation == 4:
+        turned = cv2.flip(image, 0)
+    elif orientation == 6:
+        turned = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    elif orientation == 8:
+        turned = cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    else:
+        turned = cv2.transpose(image)
+        if orientation == 7:
+            turned = cv2.flip(turned, -1)
+    return turned  # type: ignore[return-value]
 
 
 def check_frame(frame: NDArray[np.generic], max_pixels: int) -> NDArray[np.uint8]:

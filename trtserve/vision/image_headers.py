@@ -24,6 +24,10 @@ an honest frame of the same size would. The rules, each a refusal with :class:`I
 - **Scans.** A progressive JPEG may have at most :data:`MAX_PROGRESSIVE_SCANS` scans (every scan is a pass over
   the whole coefficient buffer; encoders write about 10), a sequential one at most one per component.
 
+- **EXIF orientation.** The Orientation tag of a JPEG's first APP1 EXIF segment is read (IFD0 only, every offset
+  checked) into :attr:`ImageHeader.orientation`; the frame intake turns the decoded frame upright with it. A broken
+  EXIF block is ignored, never a refusal.
+
 What is left to bound — the pixel count and the decoder's memory — depends on the model's ``max_frame_pixels``
 and is checked by the frame intake against :attr:`ImageHeader.decode_bytes`.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from trtserve.errors import InvalidFrameError
 
@@ -67,6 +72,12 @@ class ImageHeader:
     scans: int = 1
     coefficient_bytes: int = 0
     decoder_input: bytes = field(default=b"", repr=False, compare=False)
+    orientation: int = 1  # EXIF Orientation of a JPEG (1..8; 1: as stored), see :func:`exif_orientation`
+
+    @property
+    def transposed(self) -> bool:
+        """Whether the orientation swaps width and height (EXIF 5..8: a quarter turn, or a transpose)."""
+        return self.orientation >= 5
 
     @property
     def pixels(self) -> int:
@@ -140,6 +151,8 @@ _SOF_REFUSED = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical prog
 # segments with a length that libjpeg reads or skips: DHT, DAC, DQT, DRI, DNL, APP0-15, COM
 _SKIPPED = frozenset({0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xFE, *range(0xE0, 0xF0)})
 _RST_OR_TEM = frozenset({0x01, *range(0xD0, 0xD8)})
+_EXIF_PREFIX = b"Exif\x00\x00"
+_EXIF_ORIENTATION_TAG = 0x0112
 
 
 def _refuse_jpeg(reason: str) -> InvalidFrameError:
@@ -256,15 +269,42 @@ def _parse_sos(payload: bytes, frame: _Frame) -> int:
 
 def jpeg_frame_header(data: bytes) -> tuple[int, int, int]:
     """(width, height, components) of a JPEG's frame header; raises InvalidFrameError if it cannot be read."""
-    frame, _ = _jpeg_to_first_scan(data)
+    frame, _, _ = _jpeg_to_first_scan(data)
     return frame.width, frame.height, len(frame.components)
 
 
-def _jpeg_to_first_scan(data: bytes) -> tuple[_Frame, int]:
-    """The frame header and the offset of the first scan's header payload length field."""
+def exif_orientation(app1: bytes) -> int:
+    """The EXIF Orientation (tag 0x0112 of IFD0, 1..8) of an APP1 payload ``Exif\\0\\0`` + TIFF; 1 (as stored)
+    when the payload is not EXIF, is malformed, or has no valid orientation. Reads at most IFD0's entries, each
+    offset checked against the payload: a broken EXIF block never refuses a frame (decoders ignore it too)."""
+    if not app1.startswith(_EXIF_PREFIX):
+        return 1
+    tiff = app1[len(_EXIF_PREFIX):]
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd < 8 or ifd + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    for k in range(min(count, (len(tiff) - ifd - 2) // 12)):
+        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if int.from_bytes(entry[0:2], order) != _EXIF_ORIENTATION_TAG:
+            continue
+        kind, n = int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order)
+        if kind != 3 or n != 1:  # a SHORT, as EXIF defines it
+            return 1
+        value = int.from_bytes(entry[8:10], order)
+        return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _jpeg_to_first_scan(data: bytes) -> tuple[_Frame, int, int]:
+    """The frame header, the offset of the first scan's header payload length field, and the EXIF orientation
+    of the first APP1 EXIF segment before it (1 without one), which is the one libjpeg hands decoders."""
     if data[:3] != b"\xff\xd8\xff":  # OpenCV picks its JPEG decoder by these three bytes
         raise _refuse_jpeg("does not start with an SOI marker followed by a marker")
-    i, frame = 2, None
+    i, frame, orientation, exif_seen = 2, None, 1, False
     while True:
         marker, i = _next_marker(data, i)
         if marker in _RST_OR_TEM:
@@ -276,10 +316,12 @@ def _jpeg_to_first_scan(data: bytes) -> tuple[_Frame, int]:
         if marker == 0xDA:
             if frame is None:
                 raise _refuse_jpeg("has a scan before its frame header")
-            return frame, i
+            return frame, i, orientation
         if not (marker in _SKIPPED or marker in _SOF_ACCEPTED or marker in _SOF_REFUSED):
             raise _refuse_jpeg(f"has an unknown marker 0xFF{marker:02X}")
         payload, i = _segment(data, i, marker)
+        if marker == 0xE1 and not exif_seen and payload.startswith(_EXIF_PREFIX):
+            orientation, exif_seen = exif_orientation(payload), True
         if marker in _SOF_ACCEPTED or marker in _SOF_REFUSED:
             if frame is not None:
                 raise _refuse_jpeg("has more than one frame header")
@@ -287,7 +329,7 @@ def _jpeg_to_first_scan(data: bytes) -> tuple[_Frame, int]:
 
 
 def _read_jpeg(data: bytes, check_size: Callable[[int, int], None] | None) -> ImageHeader:
-    frame, i = _jpeg_to_first_scan(data)
+    frame, i, orientation = _jpeg_to_first_scan(data)
     if check_size is not None:
         check_size(frame.width, frame.height)
     payload, i = _segment(data, i, 0xDA)
@@ -324,7 +366,7 @@ def _read_jpeg(data: bytes, check_size: Callable[[int, int], None] | None) -> Im
                            "a decompression bomb")
     buffered = progressive or first_scan_components < len(frame.components)
     return ImageHeader("JPEG", frame.width, frame.height, len(frame.components), 8, progressive, scans,
-                       128 * sum(a * d for a, d in frame.blocks()) if buffered else 0, data)
+                       128 * sum(a * d for a, d in frame.blocks()) if buffered else 0, data, orientation)
 
 
 # --- PNG -------------------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.
     try:
         code, out, _ = run(capsys, "stream", str(video), "--server", address, "--frames", "40", "--raw",
                            "--out", str(tmp_path / "out.mp4"), "--json")
-        summary = json.loads(out)
+        summary = json.loads(out.splitlines()[-1])["summary"]  # JSON Lines: 40 frames, then the summary
         assert code == 0 and summary["frames"] == 40 and summary["errors"] == 0 and summary["p50_ms"] > 0
         assert cv2.VideoCapture(str(tmp_path / "out.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 40
         code, _, err = run(capsys, "stream", str(tmp_path / "absent.mp4"), "--server", address)
@@ -158,6 +158,8 @@ def test_bench_streams_answers_every_frame(kserve: bool, raw: bool, runs: int,
         assert r["cpu_bound_efficiency_ceiling"] == pytest.approx(
             r["engine_cpu_ms_per_frame"] / (r["server_cpu_ms_per_frame"] + r["client_cpu_ms_per_frame"]), abs=0.002)
         assert r["raw_backend_fps"] == max(r["raw_one_call_fps"], r["raw_concurrent_fps"])
+        assert r["server_cpu_outside_engine_ms_per_frame"] == pytest.approx(
+            r["server_cpu_ms_per_frame"] - r["engine_cpu_ms_per_frame"], abs=0.002)
     assert r["p99_bound_ms"] == pytest.approx(r["max_queue_delay_ms"] + 3 * r["batch_compute_ms"], abs=0.05)
 
 
@@ -221,6 +223,7 @@ def test_bench_against_a_running_server(tmp_path: Path, capsys: pytest.CaptureFi
                            "--json")
         r = json.loads(out)
         assert r["server_cpu_ms_per_frame"] is None and r["cpu_bound_efficiency_ceiling"] is None
+        assert r["server_cpu_outside_engine_ms_per_frame"] is None
         assert r["answered"] == 32 and r["efficiency"] > 0
     finally:
         stop_server_process(server)
