@@ -140,9 +140,10 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
 def _quantization_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="frames per batch (default: the model's fixed batch, or 8)")
     p.add_argument("--method", choices=["auto", "entropy", "minmax", "percentile"], default="auto",
-                   help="auto (default): entropy's ranges, else percentile's, whichever first agrees with FP32 on "
-                        "the calibration frames at --target-agreement; else the better one with the most sensitive "
-                        "layers kept float (the report says what it chose and why)")
+                   help="auto (default): the first of entropy, percentile (--percentile), percentile 99.999 and "
+                        "minmax whose INT8 model agrees with FP32 on the calibration frames at --target-agreement; "
+                        "else the best of them with the most sensitive layers kept float (the report says what it "
+                        "chose and why)")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--trt-version", action="append", default=[], metavar="X.Y.Z",
                    help="also write a TensorRT calibration cache for this version (repeatable)")
