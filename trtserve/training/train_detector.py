@@ -211,6 +211,20 @@ def compute_loss(model: ShapesDetector, imgs: Tensor, labels: Tensor,
     return loss, {"box": float(loss_box), "cls": float(loss_cls), "dfl": float(loss_dfl)}
 
 
+def optimizer_step(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, decay: float) -> None:
+    """One step on ``loss`` (gradients clipped to norm 10), then ``ema`` moves toward ``model`` by ``1 - decay``."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    opt.step()
+    with torch.no_grad():
+        for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+            if pe.dtype.is_floating_point:
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+            else:
+                pe.copy_(pm)
+
+
 def fuse_for_export(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm into the Conv before it (deployment graphs have no BN)."""
     for name, child in model.named_children():
@@ -301,17 +315,7 @@ def main() -> None:
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, parts = compute_loss(model, x, y, anchors, strides)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            decay = 0.999 * (1 - math.exp(-step / 500))
-            with torch.no_grad():
-                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
-                    if pe.dtype.is_floating_point:
-                        pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
-                    else:
-                        pe.copy_(pm)
+            optimizer_step(model, ema, opt, loss, 0.999 * (1 - math.exp(-step / 500)))
             step += 1
             if step % 50 == 0:
                 logger.info("epoch %d step %d/%d lr %.5f loss %.3f %s", epoch, step, total_steps, lr,

@@ -48,6 +48,7 @@ from trtserve.training.train_detector import (
     fix_output_dims,
     fuse_for_export,
     make_anchors,
+    optimizer_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -250,17 +251,7 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         loss, parts = compute_loss(model, x, y, anchors, strides)  # type: ignore[arg-type]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        decay = 0.998 * (1 - math.exp(-step / 200))
-        with torch.no_grad():
-            for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
-                if pe.dtype.is_floating_point:
-                    pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
-                else:
-                    pe.copy_(pm)
+        optimizer_step(model, ema, opt, loss, 0.998 * (1 - math.exp(-step / 200)))
         if (step + 1) % 25 == 0:
             logger.info("step %d/%d lr %.5f loss %.3f %s (%.1f min)", step + 1, args.steps, lr, float(loss),
                         {k2: round(v, 3) for k2, v in parts.items()}, (time.monotonic() - t0) / 60)
