@@ -63,12 +63,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert "Traceback" not in log and "NotImplementedError" not in log, log[-3000:]
 
 
+# These tests assert that perf_analyzer runs unchanged and reports throughput without errors, not a stable figure: on a
+# loaded 2-core CI machine consecutive windows can differ by more than 100 %, and perf_analyzer then ends with
+# "Failed to obtain stable measurement" (seen once at load ~12). 1000 % accepts any three windows.
+UNSTABLE_OK = ("--stability-percentage", "1000", "--max-trials", "10")
+
+
 @pytest.mark.parametrize("protocol, streaming", [("grpc", False), ("grpc", True), ("http", False)])
 def test_perf_analyzer_measures_throughput_without_errors(served: Served, protocol: str, streaming: bool) -> None:
     url = served.grpc if protocol == "grpc" else served.http
     cmd = [str(perf_analyzer()), "-m", "shapes", "-i", protocol, "-u", url, "--input-data", str(served.input_data),
-           "--concurrency-range", "4", "--measurement-interval", "1000", "--stability-percentage", "100",
-           "--max-trials", "4", *(["--streaming"] if streaming else [])]
+           "--concurrency-range", "4", "--measurement-interval", "1000", *UNSTABLE_OK,
+           *(["--streaming"] if streaming else [])]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
@@ -85,7 +91,7 @@ def test_perf_analyzer_drives_the_raw_tensor_interface_with_random_data(served: 
     """``shapes.raw`` (the model's own FP32 input tensor): perf_analyzer makes the tensors itself from the metadata."""
     url = served.grpc if protocol == "grpc" else served.http
     cmd = [str(perf_analyzer()), "-m", "shapes.raw", "-i", protocol, "-u", url, "--concurrency-range", "2",
-           "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3"]
+           "--measurement-interval", "1000", *UNSTABLE_OK]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode == 0 and "error" not in out.lower(), out[-3000:]
