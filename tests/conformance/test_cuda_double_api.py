@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from .bindings import CUDA_WHEELS, BindingsUnavailableError, prepare_cuda, require_tools
-from .test_real_bindings import _run
+from .bindings import CUDA_WHEELS
+from .test_real_bindings import _run, cuda_paths
 
 
 @pytest.mark.parametrize("cuda_version", list(CUDA_WHEELS))
 def test_the_cuda_double_is_a_subset_of_real_cuda_python(cuda_version: str, conformance_workdir: Path) -> None:
-    try:
-        paths = prepare_cuda(cuda_version)
-    except BindingsUnavailableError as exc:
-        if require_tools() and all(w.unavailable_reason() is None for w in CUDA_WHEELS[cuda_version]):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    paths = cuda_paths(cuda_version)
     api = _run(f"cuda-{cuda_version}", "10.3.0", conformance_workdir, paths, command="cuda")["json"]["cuda"][
         "double_api"]
     assert {"cudaSetDevice", "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaMalloc", "cudaError_t"} \

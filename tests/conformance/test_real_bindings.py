@@ -29,6 +29,17 @@ _results: dict[str, dict[str, Any]] = {}
 CALIBRATOR_VERSIONS = ["8.6.1", "10.3.0", "10.13.3.9.post1"]  # TensorRT 11 has no calibrators
 
 
+def cuda_paths(cuda_version: str) -> tuple[Path, ...]:
+    """The real cuda-python wheel's import paths; fails where the tools are required and the wheel exists, else
+    skips, when it cannot be prepared."""
+    try:
+        return prepare_cuda(cuda_version)
+    except BindingsUnavailableError as exc:
+        if require_tools() and all(w.unavailable_reason() is None for w in CUDA_WHEELS[cuda_version]):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def _run(key: str, version: str, workdir: Path, extra: tuple[Path, ...] = (), command: str = "tensorrt") -> Any:
     if key not in _results:
         proc = bindings_for(version).run("tests.conformance.real_paths", command, str(workdir / key),
@@ -59,12 +70,7 @@ def test_a_tensorrt_that_cannot_start_cuda_is_reported_not_a_traceback(version: 
 ])
 def test_real_cuda_python_without_a_driver_is_one_backend_error(cuda_version: str, reason: str,
                                                                conformance_workdir: Path) -> None:
-    try:
-        paths = prepare_cuda(cuda_version)
-    except BindingsUnavailableError as exc:
-        if require_tools() and all(w.unavailable_reason() is None for w in CUDA_WHEELS[cuda_version]):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    paths = cuda_paths(cuda_version)
     result = _run(f"cuda-{cuda_version}", "10.3.0", conformance_workdir, paths, command="cuda")["json"]
     from trtserve.tensorrt.cuda import DRIVER_HINT
 
