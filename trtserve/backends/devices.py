@@ -161,7 +161,3 @@ class SpreadBackend(Backend, FoldsInput):
     def device(self) -> str:
         return "; ".join(f"{b.device}" if b.device.startswith("GPU ") else f"GPU {d}: {b.device}"
                          for d, b in self.backends.items())
-
-    @property
-    def places_on_device(self) -> bool:
-        return True

@@ -225,9 +225,9 @@ def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path 
     if not reservoir:
         raise CalibrationInputError("the pulled reservoir has no frames: let the server's drift shadow compare some "
                                     "traffic first (calibration_reservoir and drift enabled)")
-    # the TensorRT calibration caches the model has are rewritten too: a cache left from the old calibration would
-    # key a TensorRT 8.x engine as unchanged, and a reload on that host would go on serving the old ranges
-    trt_versions = tuple(dict.fromkeys([*trt_versions, *cache_versions(config)]))
+    # the TensorRT calibration caches the model has are rewritten too (run_calibration's planned_caches: the staged
+    # copy lists them): a cache left from the old calibration would key a TensorRT 8.x engine as unchanged, and a
+    # reload on that host would go on serving the old ranges
     staged = stage(config)
     paths = _frame_paths(reservoir, images, num_images)
     source = FrameSource(paths=paths, limit=len(paths))
@@ -242,16 +242,6 @@ def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path 
                 config.name, len(reservoir), old.agreement_f1, new.agreement_f1)
     return report
 
-
-def cache_versions(config: ModelConfig) -> list[str]:
-    """The TensorRT versions (``8.6.2``) of the calibration caches ``config`` lists (``calibration_cache_8602``)."""
-    found = []
-    for key in config.artifacts:
-        if key.startswith("calibration_cache_") and key.rsplit("_", 1)[1].isdigit():
-            n = int(key.rsplit("_", 1)[1])
-            base = 10000 if n >= 100000 else 1000  # NV_TENSORRT_VERSION: major*1000 up to 8.x, major*10000 from 10
-            found.append(f"{n // base}.{n % base // 100}.{n % 100}")
-    return sorted(found)
 
 
 def promote(config: ModelConfig) -> list[str]:

@@ -141,7 +141,7 @@ def copy_model_folder(config: ModelConfig, out_dir: Path, skip: list[str]) -> Mo
 def check_not_quantized(config: ModelConfig, qdq_nodes: int = 0, integer_nodes: int = 0) -> None:
     """AlreadyQuantizedError for a model folder whose ONNX is already quantized (the repository marks a Q/DQ
     'onnx:' as ``prequantized``; ``qdq_nodes`` / ``integer_nodes`` count what the loaded model holds)."""
-    prequantized = getattr(config, "prequantized", None)
+    prequantized = config.prequantized
     if prequantized is None and not qdq_nodes and not integer_nodes:
         return
     source = prequantized or config.onnx_path

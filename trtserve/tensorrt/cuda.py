@@ -172,9 +172,3 @@ def nvidia_smi() -> tuple[list[dict[str, str]], str | None, str]:
             gpus.append({"name": parts[0], "compute_capability": parts[1], "memory": parts[2]})
             driver = parts[3]
     return gpus, driver, "" if gpus else "nvidia-smi lists no GPU"
-
-
-def first_gpu() -> dict[str, str] | None:
-    """Name and compute capability of the first GPU nvidia-smi lists, or None."""
-    gpus, _, _ = nvidia_smi()
-    return gpus[0] if gpus else None

@@ -82,7 +82,7 @@ def sources_of(config: ModelConfig) -> Sources:
     qdq = arts.get("int8_tensorrt")
     fp16 = arts.get("fp16")
     return Sources(config.onnx_path, has_qdq(config.onnx_path), qdq if qdq and qdq.is_file() else None,
-                   fp16 if fp16 and fp16.is_file() else None, caches, getattr(config, "prequantized", None))
+                   fp16 if fp16 and fp16.is_file() else None, caches, config.prequantized)
 
 
 @dataclass(frozen=True)
