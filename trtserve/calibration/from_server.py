@@ -201,16 +201,11 @@ def score_int8(config: ModelConfig, int8: ModelConfig, frames: list[Path]) -> IN
 
 def stage(config: ModelConfig) -> ModelConfig:
     """A copy of the model's folder (its files, not subfolders) in ``<model>/.staging``, as a config to calibrate."""
+    from trtserve.calibration.run import copy_model_folder
+
     staging = config.directory / STAGING
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for path in config.directory.iterdir():
-        if path.is_file() and not path.name.startswith("."):
-            try:
-                os.link(path.resolve(), staging / path.name)  # cheap; calibration replaces files, never edits them
-            except OSError:
-                shutil.copy2(path, staging / path.name)
-    return load_model_config(staging / (config.source_file.name if config.source_file else "model.yaml"))
+    return copy_model_folder(config, staging, [])  # hard links where possible; model.yaml copied
 
 
 def recalibrate_staged(config: ModelConfig, reservoir: list[Path], images: Path | None = None,
