@@ -36,7 +36,9 @@ Frame = NDArray[np.uint8] | bytes
 class BatchRun:
     """One batch through the model: what went in, what came out, and where the time went (seconds)."""
 
-    tensor: NDArray[np.generic]  # the backend's input: float, or uint8 letterboxed frames when it normalizes inside
+    # the backend's input: float, or uint8 letterboxed frames when it normalizes inside; with run_batch's reuse_input
+    # a view of the engine thread's own array, overwritten by its next batch
+    tensor: NDArray[np.generic]
     outputs: dict[str, NDArray[np.generic]]
     detections: list[Detections]
     preprocess_s: float  # normalize and layout of the letterboxed batch (stacking it when the model normalizes)
@@ -200,12 +202,14 @@ class Detector:
         return self.run_batch(images, geometries, thresholds).detections
 
     def run_batch(self, images: Sequence[NDArray[np.uint8]], geometries: Sequence[Letterbox],
-                  thresholds: Sequence[Thresholds]) -> BatchRun:
-        """:meth:`infer_letterboxed` keeping what monitoring needs: the input tensor, raw outputs, stage times."""
+                  thresholds: Sequence[Thresholds], reuse_input: bool = False) -> BatchRun:
+        """:meth:`infer_letterboxed` keeping what monitoring needs: the input tensor, raw outputs, stage times.
+        ``reuse_input``: the input tensor is assembled in this thread's own array (:meth:`Preprocessor.to_tensor`),
+        so :attr:`BatchRun.tensor` is valid only until this thread's next such batch: whoever keeps it copies it."""
         t0 = time.perf_counter()
         if not 0 < len(images) <= self.config.max_batch_size:
             raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
-        tensor = self.preprocessor.to_input(images)
+        tensor = self.preprocessor.to_input(images, reuse_input)
         t1 = time.perf_counter()
         outputs = self.infer_tensor(tensor)
         t2 = time.perf_counter()

@@ -31,13 +31,15 @@ PACKAGES = ("trtserve", "calibrators")
 
 # component -> the components it may import (besides itself). A component is a subpackage of trtserve
 # (trtserve.serving), a top-level module (trtserve.config), or one of the plugin tables named apart.
-BASE = {"trtserve", "trtserve.errors", "trtserve.reports", "trtserve.logs"}  # version, errors, report form, logs
+BASE = {"trtserve", "trtserve.errors", "trtserve.reports", "trtserve.logs", "trtserve.threads"}  # version, errors,
+# report form, logs, OS thread names
 ALLOWED: dict[str, set[str]] = {
     "calibrators": set(),
     "trtserve": set(),
     "trtserve.errors": set(),
     "trtserve.reports": set(),
     "trtserve.logs": set(),
+    "trtserve.threads": set(),
     "trtserve.registry": BASE,
     "trtserve.backends.registry": BASE | {"trtserve.registry"},
     "trtserve.heads.registry": BASE | {"trtserve.registry"},

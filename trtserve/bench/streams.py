@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from trtserve.datasets.synthetic import video_frames
 from trtserve.errors import UsageError
 from trtserve.reports import JsonReport
+from trtserve.threads import cpu_s_by_role
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class StreamsReport(JsonReport):
     # server CPU per frame minus the engine's (decode, letterbox, normalize, head, gRPC, asyncio), median over the
     # runs; None when the server did not run here
     server_cpu_outside_engine_ms_per_frame: float | None = None
+    # the server's CPU per frame by thread (trtserve.threads): engine (normalize, the engine, the head), decode (header
+    # checks, decode, letterbox), event_loop (gRPC, protobuf, batching, answers), drift, other; medians over the runs;
+    # None when the server did not run here or off Linux
+    server_cpu_ms_per_frame_by_thread: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,16 +194,24 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
         before = await stub.GetModel(pb.GetModelRequest(name=model))
+        roles0 = cpu_s_by_role(server_pid) if server_pid is not None else None
         t0, client0, server0 = time.perf_counter(), time.process_time(), _process_cpu_s(server_pid)
         await asyncio.gather(*(camera(s, _paced(frames, s, streams, interval_s), record) for s in range(streams)))
         elapsed = time.perf_counter() - t0
         client_cpu_s, server1 = time.process_time() - client0, _process_cpu_s(server_pid)
+        roles1 = cpu_s_by_role(server_pid) if server_pid is not None else None
         after = await stub.GetModel(pb.GetModelRequest(name=model))
     batches = after.stats.batches - before.stats.batches
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
     server_cpu_s = server1 - server0 if server0 is not None and server1 is not None else None
+    by_role = None
+    if roles0 is not None and roles1 is not None and server_cpu_s is not None:
+        by_role = {role: roles1[role] - roles0.get(role, 0.0) for role in roles1}
+        # threads that ended during the run left the live threads' sum: theirs is the rest of the process's
+        by_role["other"] += server_cpu_s - sum(by_role.values())
     return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, "client_cpu_s": client_cpu_s,
-            "server_cpu_s": server_cpu_s, "latencies_by_outcome": by_outcome, **counts}
+            "server_cpu_s": server_cpu_s, "server_cpu_s_by_role": by_role, "latencies_by_outcome": by_outcome,
+            **counts}
 
 
 async def _native_load(address: str, model: str, streams: int,
@@ -412,6 +425,9 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
         p["outside_ms"] = p["server_ms"] - p["engine_ms"] if p["server_ms"] is not None else None
+        roles = r.get("server_cpu_s_by_role")
+        p["by_thread_ms"] = ({k: 1000 * v / max(1, _answered(r)) for k, v in roles.items()}
+                             if roles is not None else None)
 
     def median(key: str, digits: int) -> float:
         return round(float(np.median([p[key] for p in pairs])), digits)
@@ -444,6 +460,9 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         client_cpu_ms_per_frame=median("client_ms", 3), server_cpu_ms_per_frame=median_if_known("server_ms", 3),
         cpu_bound_efficiency_ceiling=median_if_known("ceiling", 3),
         server_cpu_outside_engine_ms_per_frame=median_if_known("outside_ms", 3),
+        server_cpu_ms_per_frame_by_thread=(
+            None if any(p["by_thread_ms"] is None for p in pairs) else
+            {k: round(float(np.median([p["by_thread_ms"][k] for p in pairs])), 3) for k in pairs[0]["by_thread_ms"]}),
     )
 
 

@@ -91,7 +91,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             + (f"; server outside the engine {s.server_cpu_outside_engine_ms_per_frame} ms"
                if s.server_cpu_outside_engine_ms_per_frame is not None else "")
             + (f"; efficiency these allow with every core busy: {s.cpu_bound_efficiency_ceiling}"
-               if s.cpu_bound_efficiency_ceiling is not None else "")))
+               if s.cpu_bound_efficiency_ceiling is not None else "")
+            + ("\nserver CPU per frame by thread (ms): " + ", ".join(
+                f"{k} {v}" for k, v in s.server_cpu_ms_per_frame_by_thread.items())
+               if s.server_cpu_ms_per_frame_by_thread is not None else "")))
         return 0
     if args.what == "hostile":
         from trtserve.bench import hostile as bench_hostile

@@ -59,6 +59,7 @@ from trtserve.monitoring.metrics import Metrics
 from trtserve.monitoring.ranges import calibrated_ranges
 from trtserve.monitoring.reservoir import Reservoir
 from trtserve.monitoring.shadow import FrameDrift, ShadowInfo, ShadowSetup, shadow_main
+from trtserve.threads import DRIFT, set_os_thread_name
 from trtserve.vision.letterbox import Letterbox
 from trtserve.vision.matching import MatchCounts
 
@@ -393,13 +394,18 @@ class DriftMonitor:
                 self._m_skipped.inc()
                 return False
             self._pending += 1
-            self._queue.append(_Sample((run.tensor, served, list(geometries), list(thresholds))))
+        # a copy, made outside the lock: the serving thread assembles its next batch in the same array
+        # (Detector.run_batch reuse_input)
+        sample = _Sample((run.tensor.copy(), served, list(geometries), list(thresholds)))
+        with self._lock:
+            self._queue.append(sample)
             self._lock.notify_all()
         return True
 
     # --- the monitor thread: feeds the shadow, records, restarts ----------------------------------------
 
     def _run(self) -> None:
+        set_os_thread_name(f"{DRIFT}-{self.served.config.name}")
         try:
             while True:
                 with self._lock:

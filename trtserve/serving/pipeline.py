@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +46,7 @@ from trtserve.monitoring.metrics import Metrics, ModelMetrics
 from trtserve.serving.batcher import DynamicBatcher
 from trtserve.serving.coalesced_executor import CoalescedExecutor
 from trtserve.serving.settings import BatcherConfig
+from trtserve.threads import ENGINE, role_pool
 from trtserve.vision.detections import Detections
 from trtserve.vision.letterbox import Letterbox
 
@@ -134,7 +135,7 @@ class Pipeline:
         self._decode_executor = decode_executor
         self._decoder = CoalescedExecutor(decode_executor)  # frames decoded together share pool jobs and loop hops
         # the engine's own threads: a batch never waits for a decode (shut down in stop)
-        self._engine_executor = ThreadPoolExecutor(cfg.instances, thread_name_prefix=f"trtserve-{detector.config.name}")
+        self._engine_executor = role_pool(cfg.instances, ENGINE, detector.config.name)
         self.max_admitted = cfg.max_queue_size
         self.admitted = 0  # frames in this pipeline now: decoding, queued or in a batch
         self._decoding = 0
@@ -270,7 +271,9 @@ class Pipeline:
         thresholds = [j.thresholds for j in jobs]
 
         def infer() -> BatchRun:
-            run = self.detector.run_batch([j.image for j in jobs if j.image is not None], geometries, thresholds)
+            # the input is assembled in this engine thread's own array: the batch is done with it when infer returns
+            run = self.detector.run_batch([j.image for j in jobs if j.image is not None], geometries, thresholds,
+                                          reuse_input=True)
             if self.drift is not None:
                 self.drift.offer(run, geometries, thresholds)  # returns at once; the shadow runs elsewhere
             return run

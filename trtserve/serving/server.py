@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from trtserve.serving.protocol import Drain, IntakeInterceptor
 from trtserve.serving.reflection_v1 import enable_server_reflection
 from trtserve.serving.security import TokenAuthInterceptor, TokenSource, keepalive_options, server_credentials
 from trtserve.serving.settings import ServerSettings, serving_backend_options
+from trtserve.threads import DECODE, role_pool
 from trtserve.v1 import detection_pb2, detection_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Server:
         self.repository = repository or ModelRepository()
         self.port = 0
         # decode and letterbox, for every model (each pipeline runs its engine on threads of its own)
-        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="trtserve-decode")
+        self._executor = role_pool(settings.workers, DECODE)
         self._drain = Drain()
         self._pipelines: dict[str, Pipeline] = {}
         self._health = health.aio.HealthServicer()

@@ -34,6 +34,7 @@ and is checked by the frame intake against :attr:`ImageHeader.decode_bytes`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -177,22 +178,22 @@ def _next_marker(data: bytes, i: int) -> tuple[int, int]:
         i = j + 1
 
 
+# the last 0xFF of a run followed by a marker code: not 0x00 (a stuffed data byte), RST0-7 (part of the data) or
+# 0xFF (more fill). A fixed two-byte pattern, so the search is one pass in C with no backtracking, whatever the data
+_ENTROPY_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _next_entropy_marker(data: bytes, i: int) -> tuple[int, int, int] | None:
     """(offset of its 0xFF, marker code, offset after it) of the first marker at or after ``i`` in entropy-coded
-    data, where 0xFF 0x00 is a stuffed data byte and RSTn belong to the data; None if the data ends first."""
-    n = len(data)
-    while True:
-        j = data.find(b"\xff", i)
-        if j < 0:
-            return None
-        k = j + 1
-        while k < n and data[k] == 0xFF:  # fill bytes
-            k += 1
-        if k >= n:
-            return None
-        if data[k] != 0 and not 0xD0 <= data[k] <= 0xD7:
-            return j, data[k], k + 1
-        i = k + 1
+    data, where 0xFF 0x00 is a stuffed data byte and RSTn belong to the data; None if the data ends first. The
+    offset is that of the first 0xFF of the marker's fill bytes, as libjpeg counts them."""
+    found = _ENTROPY_MARKER.search(data, i)
+    if found is None:
+        return None
+    j = found.start()
+    if j > i and data[j - 1] == 0xFF:  # fill bytes before the marker (rare), however many: found in C
+        j = i + len(data[i:j].rstrip(b"\xff"))
+    return j, data[found.start() + 1], found.end()
 
 
 def _segment(data: bytes, i: int, marker: int) -> tuple[bytes, int]:

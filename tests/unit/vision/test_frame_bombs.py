@@ -292,3 +292,34 @@ def test_progressive_jpeg_decodes_and_downscales_while_decoding() -> None:
     np.testing.assert_array_equal(whole, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     image, original_hw = decode_for_input(data, LIMIT, lambda w, h: (256, 144))
     assert original_hw == (1080, 1920) and image.shape == (270, 480, 3)
+
+
+def test_entropy_marker_search_matches_a_byte_walk() -> None:
+    """The regex scan of entropy-coded data finds the markers a byte-by-byte walk (libjpeg's rules) finds: stuffed
+    0xFF00 and RSTn belong to the data, fill 0xFFs before a marker count from their first byte."""
+    from trtserve.vision.image_headers import _next_entropy_marker
+
+    def walk(data: bytes, i: int) -> tuple[int, int, int] | None:
+        while i < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            k = i + 1
+            while k < len(data) and data[k] == 0xFF:
+                k += 1
+            if k >= len(data):
+                return None
+            if data[k] != 0 and not 0xD0 <= data[k] <= 0xD7:
+                return i, data[k], k + 1
+            i = k + 1
+        return None
+
+    rng = np.random.default_rng(11)
+    alphabet = np.array([0x00, 0x12, 0xD0, 0xD7, 0xD8, 0xD9, 0xDA, 0xC4, 0xFF, 0xFF, 0xFF], np.uint8)
+    for _ in range(3000):
+        data = bytes(rng.choice(alphabet, int(rng.integers(0, 24))))
+        for start in range(len(data) + 1):
+            assert _next_entropy_marker(data, start) == walk(data, start), (data.hex(), start)
+    long_fill = b"\xff" * 200_000 + b"\x00"  # no backtracking blow-up on a hostile run of fill bytes
+    assert _next_entropy_marker(long_fill, 0) is None
+    assert _next_entropy_marker(b"\x12" + b"\xff" * 200_000 + b"\xd9", 0) == (1, 0xD9, 200_002)

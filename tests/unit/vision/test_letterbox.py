@@ -100,3 +100,33 @@ def test_interpolation_is_configurable_and_keeps_the_geometry() -> None:
     up_linear, _ = letterbox(small, (256, 256), interpolation="linear")
     up_area, _ = letterbox(small, (256, 256), interpolation="area")
     assert np.array_equal(up_linear, up_area)  # enlarging is INTER_LINEAR either way
+
+
+@pytest.mark.parametrize("in_model", [False, True])
+def test_reused_batch_array_gives_the_same_tensor_and_stays_per_thread(in_model: bool) -> None:
+    import threading
+
+    from trtserve.config import InputSpec
+    from trtserve.vision.preprocess import Preprocessor
+
+    pre = Preprocessor(InputSpec(None, "nchw", 16, 24, "rgb", 1 / 255, (0.1, 0.2, 0.3), (0.5, 0.6, 0.7), 114),
+                       in_model=in_model)
+    rng = np.random.default_rng(5)
+    first = list(rng.integers(0, 256, (4, 16, 24, 3), dtype=np.uint8))
+    second = list(rng.integers(0, 256, (2, 16, 24, 3), dtype=np.uint8))
+    expected_first, expected_second = pre.to_input(first), pre.to_input(second)
+    a = pre.to_input(first, reuse=True)
+    np.testing.assert_array_equal(a, expected_first)
+    b = pre.to_input(second, reuse=True)  # a smaller batch: a view of the same array, now overwritten
+    np.testing.assert_array_equal(b, expected_second)
+    assert np.shares_memory(a, b) and b.shape[0] == 2 and b.flags.c_contiguous
+    assert not np.shares_memory(pre.to_input(first), b)  # without reuse: a new array each time
+    bigger = pre.to_input(first + second, reuse=True)  # larger than any before: a new array, kept from now on
+    np.testing.assert_array_equal(bigger, np.concatenate([expected_first, expected_second]))
+    assert not np.shares_memory(bigger, a) and np.shares_memory(pre.to_input(first, reuse=True), bigger)
+    other: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: other.append(pre.to_input(first, reuse=True)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(other[0], bigger)  # every engine thread has its own
+    np.testing.assert_array_equal(other[0], expected_first)
