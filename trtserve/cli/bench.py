@@ -125,6 +125,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   for p in o.phases]
         emit(o.as_dict(), args.json, "\n".join(lines))
         return 0
+    if args.what == "transport":
+        from trtserve.bench import transport as bench_transport
+
+        t = bench_transport.run(args.rates or (100, 400, 1600), args.streams, args.seconds)
+        lines = [f"a bare trtserve.v1 StreamDetect servicer, {t.streams} paced cameras, {t.frame_bytes}-byte JPEG "
+                 f"frames, {t.seconds_per_rate:g} s per rate: server CPU per frame (ms)"]
+        lines += [f"  {r.offered_fps:g} frames/s offered ({r.answered_fps} answered): event loop "
+                  f"{r.event_loop_ms_per_frame} + gRPC threads {r.other_ms_per_frame} = {r.server_ms_per_frame}; "
+                  f"lost {r.lost}" for r in t.rates]
+        emit(t.as_dict(), args.json, "\n".join(lines))
+        return 0
     if args.what == "calibration":
         from trtserve.bench import calibration as bench_calibration
         from trtserve.repository import ModelRepository
@@ -163,10 +174,16 @@ def register(sub: Subcommands) -> None:
                       "'throughput': in-process, raw backend vs end to end per batch size; "
                       "'calibration': trtserve's calibrator vs ONNX Runtime's quantize_static; "
                       "'hostile': decoder bombs beside a camera, and a unary flood on a full queue; "
-                      "'overload': goodput under 2x/4x overload per StreamDetect policy (block, drop_oldest) and unary")
-    p.add_argument("what", nargs="?", choices=["streams", "throughput", "calibration", "hostile", "overload"],
+                      "'overload': goodput under 2x/4x overload per StreamDetect policy (block, drop_oldest) and "
+                      "unary; 'transport': what gRPC alone costs the server per frame, at several rates (a bare "
+                      "servicer)")
+    p.add_argument("what", nargs="?",
+                   choices=["streams", "throughput", "calibration", "hostile", "overload", "transport"],
                    default="streams")
-    p.add_argument("--seconds", type=float, default=5.0, help="bench hostile, overload: seconds per phase (default 5)")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="bench hostile, overload: seconds per phase; transport: per rate (default 5)")
+    p.add_argument("--rates", type=float, nargs="+", metavar="FPS",
+                   help="bench transport: total frames/s offered, one run each (default 100 400 1600)")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (bench streams)")
     p.add_argument("--frames-per-stream", type=int, default=150, help="frames per stream (bench streams)")
     p.add_argument("--server", "--address", dest="server", metavar="ADDR",

@@ -103,7 +103,8 @@ class Preprocessor:
             if frame.shape != (h, w, 3) or frame.dtype != np.uint8:  # a bug upstream: INTERNAL
                 raise ValueError(f"a letterboxed frame is {frame.dtype}{list(frame.shape)}; "
                                  f"expected uint8[{h}, {w}, 3]")
-        return np.stack(list(letterboxed), out=self._batch_array((len(letterboxed), h, w, 3), np.dtype(np.uint8), reuse))
+        stacked = self._batch_array((len(letterboxed), h, w, 3), np.dtype(np.uint8), reuse)
+        return np.stack(list(letterboxed), out=stacked)
 
     def letterbox_batch(self, frames: list[NDArray[np.uint8]]) -> tuple[NDArray[np.uint8], list[Letterbox]]:
         """Letterbox ``frames`` into one ``uint8 [B, H, W, 3]`` batch; returns it with each frame's geometry."""
