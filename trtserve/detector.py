@@ -44,6 +44,9 @@ class BatchRun:
     preprocess_s: float  # normalize and layout of the letterboxed batch (stacking it when the model normalizes)
     inference_s: float
     postprocess_s: float  # head decode, thresholds, NMS, un-letterbox
+    # CPU time of the backend call on the calling thread (with ONNX Runtime intra_op_threads > 1, its other threads'
+    # share is not in it)
+    inference_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -210,12 +213,12 @@ class Detector:
         if not 0 < len(images) <= self.config.max_batch_size:
             raise InvalidFrameError(f"batch of {len(images)} frames; expected 1..{self.config.max_batch_size}")
         tensor = self.preprocessor.to_input(images, reuse_input)
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.thread_time()
         outputs = self.infer_tensor(tensor)
-        t2 = time.perf_counter()
+        t2, cpu2 = time.perf_counter(), time.thread_time()
         detections = self.decode(outputs, geometries, thresholds)
         t3 = time.perf_counter()
-        return BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2)
+        return BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2, cpu2 - cpu1)
 
     def infer_tensor(self, tensor: NDArray[np.generic]) -> dict[str, NDArray[np.generic]]:
         """The backend's input batch (:meth:`Preprocessor.to_input`) -> raw outputs (fixed-batch models are padded,

@@ -75,9 +75,12 @@ class StreamsReport(JsonReport):
     client_cpu_ms_per_frame: float
     server_cpu_ms_per_frame: float | None  # None when the server did not run here
     cpu_bound_efficiency_ceiling: float | None  # None unless the server ran here on a CPU engine
-    # server CPU per frame minus the engine's (decode, letterbox, normalize, head, gRPC, asyncio), median over the
-    # runs; None when the server did not run here
+    # server CPU per frame minus the engine's inside the server (decode, letterbox, normalize, head, gRPC, asyncio),
+    # median over the runs; None when the server did not run here
     server_cpu_outside_engine_ms_per_frame: float | None = None
+    # the engine calls' CPU per frame inside the server (GetModel stats.engine_cpu_seconds), median over the runs;
+    # None from a server that does not report it
+    engine_in_server_cpu_ms_per_frame: float | None = None
     # the server's CPU per frame by thread (trtserve.threads): engine (normalize, the engine, the head), decode (header
     # checks, decode, letterbox), event_loop (gRPC, protobuf, batching, answers), drift, other; medians over the runs;
     # None when the server did not run here or off Linux
@@ -203,6 +206,7 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
         after = await stub.GetModel(pb.GetModelRequest(name=model))
     batches = after.stats.batches - before.stats.batches
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
+    engine_cpu_s = after.stats.engine_cpu_seconds - before.stats.engine_cpu_seconds  # 0 from a server without it
     server_cpu_s = server1 - server0 if server0 is not None and server1 is not None else None
     by_role = None
     if roles0 is not None and roles1 is not None and server_cpu_s is not None:
@@ -210,7 +214,8 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
         # threads that ended during the run left the live threads' sum: theirs is the rest of the process's
         by_role["other"] += server_cpu_s - sum(by_role.values())
     return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, "client_cpu_s": client_cpu_s,
-            "server_cpu_s": server_cpu_s, "server_cpu_s_by_role": by_role, "latencies_by_outcome": by_outcome,
+            "server_cpu_s": server_cpu_s, "server_cpu_s_by_role": by_role, "engine_cpu_in_server_s": engine_cpu_s,
+            "latencies_by_outcome": by_outcome,
             **counts}
 
 
@@ -424,7 +429,13 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, _answered(r)) if r["server_cpu_s"] is not None else None
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
-        p["outside_ms"] = p["server_ms"] - p["engine_ms"] if p["server_ms"] is not None else None
+        # the engine's own CPU inside the server (GetModel's engine_cpu_seconds: thread CPU time around each backend
+        # call), so that the server's work outside it is not blurred by the engine running slower or faster there
+        # than alone; a server that does not report it (older) falls back on the engine measured alone
+        p["engine_in_server_ms"] = (1000 * r["engine_cpu_in_server_s"] / max(1, _answered(r))
+                                    if r["engine_cpu_in_server_s"] > 0 else None)
+        engine_in_server = p["engine_in_server_ms"] if p["engine_in_server_ms"] is not None else p["engine_ms"]
+        p["outside_ms"] = p["server_ms"] - engine_in_server if p["server_ms"] is not None else None
         roles = r.get("server_cpu_s_by_role")
         p["by_thread_ms"] = ({k: 1000 * v / max(1, _answered(r)) for k, v in roles.items()}
                              if roles is not None else None)
@@ -460,6 +471,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         client_cpu_ms_per_frame=median("client_ms", 3), server_cpu_ms_per_frame=median_if_known("server_ms", 3),
         cpu_bound_efficiency_ceiling=median_if_known("ceiling", 3),
         server_cpu_outside_engine_ms_per_frame=median_if_known("outside_ms", 3),
+        engine_in_server_cpu_ms_per_frame=median_if_known("engine_in_server_ms", 3),
         server_cpu_ms_per_frame_by_thread=(
             None if any(p["by_thread_ms"] is None for p in pairs) else
             {k: round(float(np.median([p["by_thread_ms"][k] for p in pairs])), 3) for k in pairs[0]["by_thread_ms"]}),

@@ -95,6 +95,10 @@ class Metrics:
             ["model", "precision", "stage"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram("trtserve_batch_size", "Frames per batch sent to the backend",
                                     ["model", "precision"], buckets=BATCH_BUCKETS, registry=r)
+        self.engine_cpu = Counter("trtserve_engine_cpu_seconds",
+                                  "CPU time of the engine calls (the backend's run of each batch), on the threads that "
+                                  "made them; beside process_cpu_seconds_total, the rest is the server's own work",
+                                  ["model", "precision"], registry=r)
         self.queue_depth = Gauge("trtserve_queue_depth", "Frames waiting in the batcher queue", ["model"],
                                  registry=r)
         self.queue_capacity = Gauge("trtserve_queue_capacity", "The batcher queue's bound (max_queue_size)", ["model"],
@@ -213,6 +217,7 @@ class ModelMetrics:
         self.dropped = metrics.frames.labels(model, precision, "dropped", "")
         self.totals = metrics.totals.setdefault((model, precision), ModelTotals())
         self.batch_size = BatchSizes(metrics.batch_size.labels(model, precision), self.totals.executions)
+        self.engine_cpu = metrics.engine_cpu.labels(model, precision)
 
     @property
     def last_ok_s(self) -> float:

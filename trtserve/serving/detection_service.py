@@ -197,6 +197,7 @@ class DetectionService(pb_grpc.DetectionServiceServicer):
                                        max_queue_size=s.max_queue_size,
                                        preferred_batch_sizes=list(s.preferred_batch_sizes), instances=s.instances),
             stats=pb.BatcherStats(batches=stats.batches, frames=stats.items, mean_batch_size=stats.mean_batch_size,
+                                  engine_cpu_seconds=p.engine_cpu_s,
                                   queue_depth=p.batcher.queue_depth),
             drift=_drift(p))
 

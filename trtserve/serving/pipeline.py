@@ -148,6 +148,7 @@ class Pipeline:
         self.drift = drift
         self.raw_input, self.raw_unavailable = raw_input_of(detector)
         self._raw_metrics: ModelMetrics | None = None
+        self.engine_cpu_s = 0.0  # CPU time of this pipeline's engine calls (BatchRun.inference_cpu_s), summed
 
     @property
     def raw_metrics(self) -> ModelMetrics:
@@ -262,6 +263,11 @@ class Pipeline:
         if deadline_s is not None and time.monotonic() >= deadline_s:
             raise DeadlineExceededError("the call's deadline passed before its frame could be decoded")
 
+    def _count_batch(self, run: BatchRun, frames: int) -> None:
+        self.metrics.batch_size.observe(frames)
+        self.metrics.engine_cpu.inc(run.inference_cpu_s)
+        self.engine_cpu_s += run.inference_cpu_s
+
     async def _run_batch(self, jobs: list[_Job]) -> list[_Done]:
         if any(j.tensor is not None for j in jobs):
             return await self._run_mixed_batch(jobs)
@@ -279,7 +285,7 @@ class Pipeline:
             return run
 
         run = await loop.run_in_executor(self._engine_executor, infer)
-        self.metrics.batch_size.observe(len(jobs))
+        self._count_batch(run, len(jobs))
         return [_Done(d, dequeued, run.preprocess_s, run.inference_s, run.postprocess_s) for d in run.detections]
 
     async def _run_mixed_batch(self, jobs: list[_Job]) -> list[_Done]:
@@ -302,22 +308,22 @@ class Pipeline:
             for i, job in enumerate(jobs):
                 if job.tensor is not None:
                     tensor[i] = job.tensor
-            t1 = time.perf_counter()
+            t1, cpu1 = time.perf_counter(), time.thread_time()
             outputs = detector.infer_tensor(tensor)
-            t2 = time.perf_counter()
+            t2, cpu2 = time.perf_counter(), time.thread_time()
             detections: list[Detections] = []
             if framed:
                 detections = detector.decode({k: v[framed] for k, v in outputs.items()},
                                              [geometries[i] for i in framed],  # type: ignore[misc]
                                              [thresholds[i] for i in framed])
             t3 = time.perf_counter()
-            run = BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2)
+            run = BatchRun(tensor, outputs, detections, t1 - t0, t2 - t1, t3 - t2, cpu2 - cpu1)
             if self.drift is not None:
                 self.drift.offer(run, geometries, thresholds, [j.tensor is not None for j in jobs])
             return run, outputs
 
         run, outputs = await loop.run_in_executor(self._engine_executor, infer)
-        self.metrics.batch_size.observe(len(jobs))  # the engine's batch, whatever its frames' interface
+        self._count_batch(run, len(jobs))  # the engine's batch, whatever its frames' interface
         raw_frames = len(jobs) - len(framed)
         executions = self.raw_metrics.totals.executions  # the raw interface's ModelStatistics: its frames per batch
         executions[raw_frames] = executions.get(raw_frames, 0) + 1

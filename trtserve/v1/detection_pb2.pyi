@@ -199,16 +199,18 @@ class BatcherSettings(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class BatcherStats(_message.Message):
-    __slots__ = ("batches", "frames", "mean_batch_size", "queue_depth")
+    __slots__ = ("batches", "frames", "mean_batch_size", "queue_depth", "engine_cpu_seconds")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     frames: int
     mean_batch_size: float
     queue_depth: int
-    def __init__(self, batches: _Optional[int] = ..., frames: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    engine_cpu_seconds: float
+    def __init__(self, batches: _Optional[int] = ..., frames: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ..., engine_cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "head", "classes", "input_height", "input_width", "precisions", "serving_precision", "backend", "batcher", "stats", "ready", "drift", "version", "last_control_error")

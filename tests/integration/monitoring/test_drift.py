@@ -115,6 +115,11 @@ def test_int8_agrees_with_its_fp32_shadow_on_the_metrics_endpoint() -> None:
                      code="OK") == 1
         info = await pb_grpc.DetectionServiceStub(channel).GetModel(pb.GetModelRequest(name="shapes"))
         assert info.drift.samples == len(FRAMES) and info.drift.agreement_f1 >= 0.95
+        # the engine calls' CPU: counted, the same in GetModel and Prometheus, part of the process's (the shadow
+        # runs in a process of its own)
+        engine_cpu = value(m, "trtserve_engine_cpu_seconds_total", **labels)
+        assert 0 < engine_cpu <= value(m, "process_cpu_seconds_total")
+        assert info.stats.engine_cpu_seconds == pytest.approx(engine_cpu)
         assert not info.drift.below_threshold and info.drift.ranges_source == "model.int8.onnx"
 
     asyncio.run(serve(ModelRepository(ENGINES), SHADOW_ALL, test))
