@@ -85,6 +85,7 @@ class StreamsReport(JsonReport):
     # checks, decode, letterbox), event_loop (gRPC, protobuf, batching, answers), drift, other; medians over the runs;
     # None when the server did not run here or off Linux
     server_cpu_ms_per_frame_by_thread: dict[str, float] | None = None
+    frames_per_request: int = 1  # --kserve: images per ModelInfer request
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ class ShadowReport(JsonReport):
     metrics_overhead_us_per_frame: float
     metrics_overhead_fraction: float  # of a frame's time at fps_shadow_on
     lost: int  # sent but never answered, over every run
+
+
+STREAM_MAX_IN_FLIGHT = 4  # the server's default stream_max_in_flight
 
 
 def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int) -> tuple[float, float]:
@@ -253,29 +257,50 @@ async def _native_load(address: str, model: str, streams: int,
 
 
 async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[bytes],
-                       interval_s: float = 0.0, server_pid: int | None = None) -> dict[str, Any]:
-    """The same load over KServe v2: one ModelStreamInfer per camera through tritonclient's asyncio client."""
+                       interval_s: float = 0.0, server_pid: int | None = None, frames_per_request: int = 1
+                       ) -> dict[str, Any]:
+    """The same load over KServe v2: one ModelStreamInfer per camera through tritonclient's asyncio client.
+    ``frames_per_request`` > 1: a camera's frames go ``frames_per_request`` to a request (``IMAGE`` of shape [N], as
+    a gateway that gathers frames sends them; the last request of a camera may hold fewer); each frame's latency
+    runs from its request's send."""
     import tritonclient.grpc.aio as tca
     from tritonclient.grpc import InferInput
 
     client = tca.InferenceServerClient(address)
 
     async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
-        sent: dict[str, float] = {}
+        sent: dict[str, tuple[float, int]] = {}
+        # as many frames of a camera in flight as one frame per request leaves (the server reads at most
+        # stream_max_in_flight requests ahead, whatever they carry, and refuses frames past its queue)
+        slots = asyncio.Semaphore(max(1, STREAM_MAX_IN_FLIGHT // frames_per_request))
+
+        def request(i: int, blobs: list[bytes]) -> dict[str, Any]:
+            tensor = InferInput("IMAGE", [len(blobs)], "BYTES")
+            tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_))
+            request_id = f"{stream}-{i}"
+            sent[request_id] = (time.perf_counter(), len(blobs))
+            return {"model_name": model, "inputs": [tensor], "request_id": request_id}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
+            gathered: list[bytes] = []
             async for i, blob in paced:
-                tensor = InferInput("IMAGE", [1], "BYTES")
-                tensor.set_data_from_numpy(np.array([blob], dtype=np.object_))
-                request_id = f"{stream}-{i}"
-                sent[request_id] = time.perf_counter()
-                yield {"model_name": model, "inputs": [tensor], "request_id": request_id}
+                gathered.append(blob)
+                if len(gathered) == frames_per_request:
+                    await slots.acquire()
+                    yield request(i, gathered)
+                    gathered = []
+            if gathered:
+                await slots.acquire()
+                yield request(-1, gathered)
 
         async for result, error in client.stream_infer(requests()):
-            if error is not None:
+            slots.release()
+            if error is not None:  # which request failed is not said: count one frame (the bench reports "lost")
                 record(None, "errors")
             else:
-                record(sent.pop(result.get_response().id), "ok")
+                sent_s, count = sent.pop(result.get_response().id)
+                for _ in range(count):
+                    record(sent_s, "ok")
 
     try:
         return await _measure(address, model, streams, frames, interval_s, camera, server_pid)
@@ -326,8 +351,8 @@ async def _http_load(address: str, model: str, streams: int, frames: Sequence[by
 
 def run(repository: Path | None, model: str, precision: str, streams: int, frames_per_stream: int,
         server: str | None = None, kserve: bool = False, jpeg_quality: int | None = 90, load_fraction: float = 0.7,
-        runs: int = 1, http: bool = False, http_server: str | None = None, server_args: Sequence[str] = ()
-        ) -> StreamsReport:
+        runs: int = 1, http: bool = False, http_server: str | None = None, server_args: Sequence[str] = (),
+        frames_per_request: int = 1) -> StreamsReport:
     """Run the load and the raw-engine measurement; returns the report (see the module docstring).
 
     ``runs`` unpaced runs (peak throughput), each followed by the raw engine measured at the same batch
@@ -356,6 +381,11 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         raise UsageError("--kserve (gRPC) and --http are two protocols; bench one at a time")
     if runs < 1:
         raise UsageError(f"--repeats {runs}: expected at least 1 run")
+    if frames_per_request < 1:
+        raise UsageError(f"--frames-per-request {frames_per_request}: expected at least 1")
+    if frames_per_request > 1 and not kserve:
+        raise UsageError("--frames-per-request applies to --kserve (a KServe request carries [N] images; a trtserve.v1 "
+                         "message carries one frame)")
     frames = _sample_frames(frames_per_stream, jpeg_quality)
     config = ModelRepository(repository).get(model)
     process = None
@@ -375,9 +405,12 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         with DetectionClient(server, model) as client:
             settings = client.model_info(model).batcher
             max_queue_delay_ms, instances = settings.max_queue_delay_ms, max(1, settings.instances)
+            if frames_per_request > settings.max_batch_size:
+                raise UsageError(f"--frames-per-request {frames_per_request} is over the model's max batch "
+                                 f"({settings.max_batch_size}), the most images a request may carry")
         load: Callable[..., Coroutine[Any, Any, dict[str, Any]]] = (
             functools.partial(_http_load, http_address=http_server or "") if http
-            else _kserve_load if kserve else _native_load)
+            else functools.partial(_kserve_load, frames_per_request=frames_per_request) if kserve else _native_load)
         pid = process.pid if process is not None else None
         with ExitStack() as stack:
             first = asyncio.run(load(server, model, streams, frames, server_pid=pid))  # type: ignore[arg-type]
@@ -472,6 +505,7 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         cpu_bound_efficiency_ceiling=median_if_known("ceiling", 3),
         server_cpu_outside_engine_ms_per_frame=median_if_known("outside_ms", 3),
         engine_in_server_cpu_ms_per_frame=median_if_known("engine_in_server_ms", 3),
+        frames_per_request=frames_per_request,
         server_cpu_ms_per_frame_by_thread=(
             None if any(p["by_thread_ms"] is None for p in pairs) else
             {k: round(float(np.median([p["by_thread_ms"][k] for p in pairs])), 3) for k in pairs[0]["by_thread_ms"]}),

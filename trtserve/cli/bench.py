@@ -75,7 +75,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "streams":
         s = bench_streams.run(args.repository, args.model, args.precision, args.streams, args.frames_per_stream,
                               args.server, args.kserve, None if args.raw else 90, runs=args.repeats,
-                              http=args.http, server_args=serve_flags(args))
+                              http=args.http, server_args=serve_flags(args),
+                              frames_per_request=args.frames_per_request)
         server_cpu = s.server_cpu_ms_per_frame
         emit(s.as_dict(), args.json, (
             f"{s.streams} streams x {s.frames_per_stream} {s.frames} frames over {s.protocol}: "
@@ -192,6 +193,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--http", action="store_true",
                    help="bench streams: drive KServe v2 over HTTP/REST with tritonclient.http (binary tensors; "
                         "with --server, its host's port 8000)")
+    p.add_argument("--frames-per-request", type=int, default=1, metavar="N",
+                   help="bench streams --kserve: each camera's frames go N to a ModelInfer request (IMAGE [N], as a "
+                        "gateway gathering frames sends them; default 1)")
     p.add_argument("--raw", action="store_true",
                    help="bench streams: send raw BGR pixels instead of JPEG (trtserve.v1; no decoding in the server)")
     p.add_argument("--frames", type=int, default=64, help="calibration frames (bench calibration)")

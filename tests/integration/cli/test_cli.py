@@ -136,16 +136,17 @@ def test_stream_command_against_a_server_process(tmp_path: Path, capsys: pytest.
         assert stop_server_process(server) == 0
 
 
-@pytest.mark.parametrize("kserve, raw, runs", [(False, False, 1), (True, False, 1), (False, True, 2)])
-def test_bench_streams_answers_every_frame(kserve: bool, raw: bool, runs: int,
+@pytest.mark.parametrize("kserve, raw, runs, per_request", [(False, False, 1, 1), (True, False, 1, 1),
+                                                             (False, True, 2, 1), (True, False, 1, 5)])
+def test_bench_streams_answers_every_frame(kserve: bool, raw: bool, runs: int, per_request: int,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json", "--repeats", str(runs)] \
-        + (["--kserve"] if kserve else []) + (["--raw"] if raw else [])
+    argv = ["bench", "--streams", "3", "--frames-per-stream", "12", "--json", "--repeats", str(runs),
+            "--frames-per-request", str(per_request)] + (["--kserve"] if kserve else []) + (["--raw"] if raw else [])
     code, out, _ = run(capsys, *argv)
     r = json.loads(out)
     sent = 36 * (runs + 1)  # the unpaced runs and one paced run
     assert code == 0 and r["frames_sent"] == sent and r["answered"] == sent and r["lost"] == 0 and r["errors"] == 0
-    assert r["runs"] == runs and len(r["efficiency_runs"]) == runs
+    assert r["runs"] == runs and len(r["efficiency_runs"]) == runs and r["frames_per_request"] == per_request
     assert r["efficiency"] == pytest.approx(float(np.median(r["efficiency_runs"])), abs=0.001)
     assert r["protocol"] == ("kserve" if kserve else "trtserve.v1") and r["frames"] == ("raw" if raw else "jpeg")
     # where the CPU went: the server (started here), this client, the engine alone; the ceiling they allow
@@ -158,8 +159,16 @@ def test_bench_streams_answers_every_frame(kserve: bool, raw: bool, runs: int,
         assert r["cpu_bound_efficiency_ceiling"] == pytest.approx(
             r["engine_cpu_ms_per_frame"] / (r["server_cpu_ms_per_frame"] + r["client_cpu_ms_per_frame"]), abs=0.002)
         assert r["raw_backend_fps"] == max(r["raw_one_call_fps"], r["raw_concurrent_fps"])
+        # outside the engine: the server's CPU less its engine calls' (GetModel's engine_cpu_seconds), which the
+        # engine threads' CPU holds along with normalizing and the head
+        in_server = r["engine_in_server_cpu_ms_per_frame"]
         assert r["server_cpu_outside_engine_ms_per_frame"] == pytest.approx(
-            r["server_cpu_ms_per_frame"] - r["engine_cpu_ms_per_frame"], abs=0.002)
+            r["server_cpu_ms_per_frame"] - in_server, abs=0.002)
+        by_thread = r["server_cpu_ms_per_frame_by_thread"]
+        assert set(by_thread) == {"engine", "decode", "drift", "event_loop", "other"}
+        assert sum(by_thread.values()) == pytest.approx(r["server_cpu_ms_per_frame"], abs=0.01)
+        # /proc counts thread CPU in 10 ms ticks: two engine threads over 36 frames may be ~0.6 ms a frame off
+        assert 0 < in_server <= by_thread["engine"] + 0.6
     assert r["p99_bound_ms"] == pytest.approx(r["max_queue_delay_ms"] + 3 * r["batch_compute_ms"], abs=0.05)
 
 
@@ -227,3 +236,10 @@ def test_bench_against_a_running_server(tmp_path: Path, capsys: pytest.CaptureFi
         assert r["answered"] == 32 and r["efficiency"] > 0
     finally:
         stop_server_process(server)
+
+
+def test_bench_refuses_frames_per_request_where_a_message_holds_one_frame(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "bench", "--frames-per-request", "4", "--frames-per-stream", "2")
+    assert code == 2 and "--frames-per-request applies to --kserve" in err
+    code, _, err = run(capsys, "bench", "--kserve", "--frames-per-request", "0", "--frames-per-stream", "2")
+    assert code == 2 and "expected at least 1" in err
