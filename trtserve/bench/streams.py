@@ -116,9 +116,6 @@ class ShadowReport(JsonReport):
     lost: int  # sent but never answered, over every run
 
 
-STREAM_MAX_IN_FLIGHT = 4  # the server's default stream_max_in_flight
-
-
 def _concurrent_calls(call: Callable[[], object], threads: int, calls_each: int) -> tuple[float, float]:
     """``threads`` threads making ``calls_each`` calls at once (after one warm-up each): calls per second, and
     CPU seconds per call (this process, all threads)."""
@@ -266,13 +263,15 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
     import tritonclient.grpc.aio as tca
     from tritonclient.grpc import InferInput
 
+    from trtserve.serving.settings import ServerSettings
+
     client = tca.InferenceServerClient(address)
 
     async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
-        sent: dict[str, tuple[float, int]] = {}
+        sent: dict[str, tuple[float, int]] = {}  # request id -> (sent at, frames), in the order sent
         # as many frames of a camera in flight as one frame per request leaves (the server reads at most
         # stream_max_in_flight requests ahead, whatever they carry, and refuses frames past its queue)
-        slots = asyncio.Semaphore(max(1, STREAM_MAX_IN_FLIGHT // frames_per_request))
+        slots = asyncio.Semaphore(max(1, ServerSettings.stream_max_in_flight // frames_per_request))
 
         def request(i: int, blobs: list[bytes]) -> dict[str, Any]:
             tensor = InferInput("IMAGE", [len(blobs)], "BYTES")
@@ -295,8 +294,10 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
 
         async for result, error in client.stream_infer(requests()):
             slots.release()
-            if error is not None:  # which request failed is not said: count one frame (the bench reports "lost")
-                record(None, "errors")
+            if error is not None:  # an error names no request: the oldest one, as a stream answers in order
+                _, count = sent.pop(next(iter(sent)))
+                for _ in range(count):
+                    record(None, "errors")
             else:
                 sent_s, count = sent.pop(result.get_response().id)
                 for _ in range(count):

@@ -121,14 +121,12 @@ async def _feed(address: str, frames: Sequence[bytes], streams: int, rate_fps: f
 
 def run(rates_fps: Sequence[float] = (100, 400, 1600), streams: int = 8, seconds: float = 5.0) -> TransportReport:
     """Feed the bare servicer at each rate (see the module docstring); returns the figures per rate."""
-    import cv2
-
-    from trtserve.datasets.synthetic import video_frames
+    from trtserve.bench.streams import _sample_frames
     from trtserve.serving.process import free_port
 
     if streams < 1 or seconds <= 0 or not rates_fps or min(rates_fps) <= 0:
         raise UsageError("bench transport needs streams >= 1, seconds > 0 and rates above 0 frames/s")
-    frames = [cv2.imencode(".jpg", s.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for s in video_frames(30)]
+    frames: list[bytes] = _sample_frames(30, 90)  # type: ignore[assignment]  # JPEG bytes at a quality
     port = free_port()
     process = _start(port)
     try:
