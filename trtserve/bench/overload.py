@@ -13,18 +13,29 @@ admitted frames, ``RESOURCE_EXHAUSTED`` before decoding; :func:`trtserve.bench.h
 
 Per row: goodput (answered OK per second over the phase) / peak, how many frames were refused (DROPPED or
 RESOURCE_EXHAUSTED) and how fast (p50 / p99 from send to answer), the OK answers' p50, and frames lost (sent
-and never answered: must be 0).
+and never answered: must be 0); and where the CPU went per frame answered OK — this client's (on the server's
+cores when the server runs here, it pays for every refused frame too) and, for a server started here, the server's
+by thread (:func:`trtserve.threads.cpu_s_by_role`) — which says how much of a goodput below the peak is the
+refusals' cost on each side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtserve.bench.hostile import _unary_load
-from trtserve.bench.streams import _answered, _native_load, _percentile_ms, _sample_frames
+from trtserve.bench.streams import (
+    _answered,
+    _native_load,
+    _percentile_ms,
+    _sample_frames,
+    cpu_delta_by_role,
+    server_cpu_s_by_role,
+)
 from trtserve.errors import UsageError
 from trtserve.reports import JsonReport
 
@@ -48,6 +59,10 @@ class OverloadPhase(JsonReport):
     ok_p99_ms: float
     other_errors: int
     lost: int  # sent and never answered (must be 0)
+    client_cpu_ms_per_ok: float  # this process's CPU over the phase, per frame answered OK
+    # the server's CPU per frame answered OK by thread (engine, decode, drift, event_loop, other); None unless the
+    # server was started here (Linux)
+    server_cpu_ms_per_ok_by_thread: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,8 @@ def run(repository: Path | None, model: str, precision: str = "fp32", streams: i
         for factor in factors:
             offered = factor * peak
             for mode in (*POLICIES, "unary"):
+                pid = process.pid if process is not None else None
+                client0, server0 = time.process_time(), server_cpu_s_by_role(pid)
                 if mode == "unary":
                     load = asyncio.run(_unary_load(server, model, frames, offered, 0, seconds))
                     ok, refused = load["OK"], load["RESOURCE_EXHAUSTED"]
@@ -108,11 +125,16 @@ def run(repository: Path | None, model: str, precision: str = "fp32", streams: i
                     sent, elapsed = r["sent"], r["elapsed_s"]
                     other = r["errors"] - len(by.get("RESOURCE_EXHAUSTED", []))
                     lost = sent - _answered(r)
+                client_s, server1 = time.process_time() - client0, server_cpu_s_by_role(pid)
                 goodput = len(ok) / elapsed
+                per_ok = 1000 / max(1, len(ok))
+                by_thread = (None if server0 is None or server1 is None else
+                             {k: round(v * per_ok, 3) for k, v in cpu_delta_by_role(server0, server1).items()})
                 phases.append(OverloadPhase(
                     mode, factor, round(offered, 1), round(elapsed, 2), sent, round(goodput, 1),
                     round(goodput / peak, 3), len(refused), _percentile_ms(refused, 50), _percentile_ms(refused, 99),
-                    _percentile_ms(ok, 50), _percentile_ms(ok, 99), other, lost))
+                    _percentile_ms(ok, 50), _percentile_ms(ok, 99), other, lost, round(client_s * per_ok, 3),
+                    by_thread))
     finally:
         if process is not None:
             stop_server_process(process)

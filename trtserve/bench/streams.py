@@ -162,6 +162,24 @@ async def _paced(frames: Sequence[Any], stream: int, streams: int, interval_s: f
         yield i, blob
 
 
+ServerCpu = tuple[float, dict[str, float]]  # the process's CPU seconds, and its live threads' by role
+
+
+def server_cpu_s_by_role(pid: int | None) -> ServerCpu | None:
+    """A local server process's CPU seconds in all and by thread role; None when unknown (not here, not Linux)."""
+    total = _process_cpu_s(pid)
+    roles = cpu_s_by_role(pid) if pid is not None else None
+    return None if total is None or roles is None else (total, roles)
+
+
+def cpu_delta_by_role(before: ServerCpu, after: ServerCpu) -> dict[str, float]:
+    """CPU seconds per role between two readings; what threads that ended meanwhile used is put under ``other``
+    (the process's total keeps it, its live threads no longer list it)."""
+    delta = {role: after[1][role] - before[1].get(role, 0.0) for role in after[1]}
+    delta["other"] += (after[0] - before[0]) - sum(delta.values())
+    return delta
+
+
 def _process_cpu_s(pid: int | None) -> float | None:
     """CPU seconds (user + system, all threads) process ``pid`` has used; None when unknown (not local, not Linux)."""
     if pid is None:
@@ -198,22 +216,17 @@ async def _measure(address: str, model: str, streams: int, frames: Sequence[Any]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
         before = await stub.GetModel(pb.GetModelRequest(name=model))
-        roles0 = cpu_s_by_role(server_pid) if server_pid is not None else None
-        t0, client0, server0 = time.perf_counter(), time.process_time(), _process_cpu_s(server_pid)
+        t0, client0, server0 = time.perf_counter(), time.process_time(), server_cpu_s_by_role(server_pid)
         await asyncio.gather(*(camera(s, _paced(frames, s, streams, interval_s), record) for s in range(streams)))
         elapsed = time.perf_counter() - t0
-        client_cpu_s, server1 = time.process_time() - client0, _process_cpu_s(server_pid)
-        roles1 = cpu_s_by_role(server_pid) if server_pid is not None else None
+        client_cpu_s, server1 = time.process_time() - client0, server_cpu_s_by_role(server_pid)
         after = await stub.GetModel(pb.GetModelRequest(name=model))
     batches = after.stats.batches - before.stats.batches
     mean_batch = (after.stats.frames - before.stats.frames) / batches if batches else 0.0
     engine_cpu_s = after.stats.engine_cpu_seconds - before.stats.engine_cpu_seconds  # 0 from a server without it
-    server_cpu_s = server1 - server0 if server0 is not None and server1 is not None else None
-    by_role = None
-    if roles0 is not None and roles1 is not None and server_cpu_s is not None:
-        by_role = {role: roles1[role] - roles0.get(role, 0.0) for role in roles1}
-        # threads that ended during the run left the live threads' sum: theirs is the rest of the process's
-        by_role["other"] += server_cpu_s - sum(by_role.values())
+    server_cpu_s = by_role = None
+    if server0 is not None and server1 is not None:
+        server_cpu_s, by_role = server1[0] - server0[0], cpu_delta_by_role(server0, server1)
     return {"elapsed_s": elapsed, "latencies": latencies, "mean_batch": mean_batch, "client_cpu_s": client_cpu_s,
             "server_cpu_s": server_cpu_s, "server_cpu_s_by_role": by_role, "engine_cpu_in_server_s": engine_cpu_s,
             "latencies_by_outcome": by_outcome,
