@@ -2,10 +2,11 @@
 
 Python names its threads for Python only (``trtserve-decode_0``); the kernel knows every thread of the process as
 ``trtserve``. The server's pools give each of their threads an OS name that says its role — ``decode-N`` (decode and
-letterbox), ``engine-<model>_N`` (a model's batches: normalize, the engine, the head) — and :func:`cpu_s_by_role`
-reads a local process's CPU time per role from ``/proc``, which is how ``trtserve bench`` says where a frame's CPU
-went inside the server. The main thread (the event loop: gRPC, protobuf, the batcher) keeps the process's own name,
-so ``ps`` and ``pgrep trtserve`` still find the server.
+letterbox), ``engine-N-<model>`` (a model's batches: normalize, the engine, the head), ``runtime-ort`` (ONNX Runtime's
+own intra-op worker threads, which take the name of the thread that opens the session: :func:`os_thread_named`) — and
+:func:`cpu_s_by_role` reads a local process's CPU time per role from ``/proc``, which is how ``trtserve bench`` says
+where a frame's CPU went inside the server. The main thread (the event loop: gRPC, protobuf, the batcher) keeps the
+process's own name, so ``ps`` and ``pgrep trtserve`` still find the server.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 DECODE = "decode"
 ENGINE = "engine"
 DRIFT = "drift"
-ROLES = (ENGINE, DECODE, DRIFT)  # by OS thread name prefix; besides them: event_loop (the main thread) and other
+RUNTIME = "runtime"  # an engine runtime's own worker threads (ONNX Runtime's intra-op pool)
+ROLES = (ENGINE, DECODE, DRIFT, RUNTIME)  # by OS thread name prefix; besides them: event_loop (the main thread), other
 _LINUX_NAME_BYTES = 15  # TASK_COMM_LEN 16, with the terminating NUL
-_PR_SET_NAME = 15
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 
 def set_os_thread_name(name: str) -> None:
@@ -36,14 +40,40 @@ def set_os_thread_name(name: str) -> None:
         pass
 
 
+def _os_thread_name() -> str | None:
+    """The calling thread's OS name (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    buffer = ctypes.create_string_buffer(_LINUX_NAME_BYTES + 1)
+    try:
+        if ctypes.CDLL(None).prctl(_PR_GET_NAME, buffer, 0, 0, 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return buffer.value.decode(errors="replace")
+
+
+@contextmanager
+def os_thread_named(name: str) -> Iterator[None]:
+    """The calling thread carries OS name ``name`` inside the block, its own name again after it: threads a library
+    starts meanwhile (ONNX Runtime's intra-op pool, created with its session) inherit ``name``."""
+    before = _os_thread_name()
+    set_os_thread_name(name)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_os_thread_name(before)
+
+
 def role_pool(workers: int, role: str, label: str = "") -> ThreadPoolExecutor:
-    """A thread pool whose threads are named ``trtserve-<label or role>_N`` in Python and ``<role>[-<label>]-N``
-    (or ``_N``) for the OS."""
+    """A thread pool whose threads are named ``trtserve-<label or role>_N`` in Python and ``<role>-N[-<label>]`` for
+    the OS (the index before the label, so that the kernel's 15 bytes keep it)."""
     prefix = f"trtserve-{label or role}"
 
     def name_thread() -> None:
         index = threading.current_thread().name.rsplit("_", 1)[-1]
-        set_os_thread_name(f"{role}-{label}_{index}" if label else f"{role}-{index}")
+        set_os_thread_name(f"{role}-{index}-{label}" if label else f"{role}-{index}")
 
     return ThreadPoolExecutor(workers, thread_name_prefix=prefix, initializer=name_thread)
 
@@ -53,7 +83,7 @@ def cpu_s_by_role(pid: int) -> dict[str, float] | None:
     name, ``event_loop`` for the main thread, ``other`` for the rest (gRPC's own threads, the metrics server, a
     runtime's worker threads). Threads that have ended are not counted. None off Linux or for a process not here."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    roles: dict[str, float] = {role: 0.0 for role in (*ROLES, "event_loop", "other")}
+    roles: dict[str, float] = dict.fromkeys((*ROLES, "event_loop", "other"), 0.0)
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trtserve.threads import DECODE, ENGINE, cpu_s_by_role, role_pool, set_os_thread_name
+from trtserve.threads import DECODE, ENGINE, cpu_s_by_role, os_thread_named, role_pool, set_os_thread_name
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc")
 
@@ -29,8 +29,21 @@ def test_pool_threads_carry_their_role_for_the_os() -> None:
     assert all(py.startswith("trtserve-decode_") and os_name == f"decode-{py.rsplit('_', 1)[1]}"
                for py, os_name in names)
     assert engine_name[0] == "trtserve-a-very-long-model-name_0"
-    assert engine_name[1] == "engine-a-very-l"  # the kernel keeps 15 bytes
-    assert _os_name(threading.get_native_id()) != "engine-a-very-l"  # the caller's own name is untouched
+    assert engine_name[1] == "engine-0-a-very"  # the kernel keeps 15 bytes: the index comes before the label
+    assert _os_name(threading.get_native_id()) != "engine-0-a-very"  # the caller's own name is untouched
+
+
+@linux_only
+def test_threads_started_inside_os_thread_named_inherit_the_name_and_the_caller_gets_its_own_back() -> None:
+    """How ONNX Runtime's intra-op workers, started with their session, come to be named ``runtime-ort``."""
+    own = _os_name(threading.get_native_id())
+    started: list[str] = []
+    with os_thread_named("runtime-test"):
+        assert _os_name(threading.get_native_id()) == "runtime-test"
+        worker = threading.Thread(target=lambda: started.append(_os_name(threading.get_native_id())))
+        worker.start()
+        worker.join()
+    assert started == ["runtime-test"] and _os_name(threading.get_native_id()) == own
 
 
 @linux_only
@@ -53,7 +66,7 @@ def test_cpu_by_role_attributes_a_busy_threads_time_to_its_role() -> None:
     release.set()
     thread.join()
     assert before is not None and during is not None
-    assert set(during) == {"engine", "decode", "drift", "event_loop", "other"}
+    assert set(during) == {"engine", "decode", "drift", "runtime", "event_loop", "other"}
     assert during["engine"] - before["engine"] >= 0.1
     assert during["decode"] == before["decode"]
 

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from trtserve.backends.base import Backend, BackendOptions, BackendSupport, HostFacts, TensorInfo
 from trtserve.backends.input_prefix import FoldsInput, InputPrefix, with_uint8_input
 from trtserve.errors import ModelLoadError
+from trtserve.threads import RUNTIME, os_thread_named
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ class OnnxRuntimeBackend(Backend, FoldsInput):
         self._folded = False
         source = self._model_source(cpu_only=wanted == ["CPUExecutionProvider"])
         try:
-            self._session = ort.InferenceSession(source, so, providers=chosen)
+            with os_thread_named(f"{RUNTIME}-ort"):  # its intra-op workers, started with it, take this name
+                self._session = ort.InferenceSession(source, so, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             if device_id is not None and "device" in str(exc).lower():
                 raise ModelLoadError(f"ONNX Runtime cannot open {self.model_path.name} on GPU {device_id} (key "

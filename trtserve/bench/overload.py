@@ -59,9 +59,9 @@ class OverloadPhase(JsonReport):
     ok_p99_ms: float
     other_errors: int
     lost: int  # sent and never answered (must be 0)
-    client_cpu_ms_per_ok: float  # this process's CPU over the phase, per frame answered OK
-    # the server's CPU per frame answered OK by thread (engine, decode, drift, event_loop, other); None unless the
-    # server was started here (Linux)
+    client_cpu_ms_per_ok: float | None  # this process's CPU over the phase, per frame answered OK (None: none was)
+    # the server's CPU per frame answered OK by thread (engine, runtime, decode, drift, event_loop, other); None
+    # unless the server was started here (Linux), or when no frame was answered OK
     server_cpu_ms_per_ok_by_thread: dict[str, float] | None = None
 
 
@@ -127,14 +127,14 @@ def run(repository: Path | None, model: str, precision: str = "fp32", streams: i
                     lost = sent - _answered(r)
                 client_s, server1 = time.process_time() - client0, server_cpu_s_by_role(pid)
                 goodput = len(ok) / elapsed
-                per_ok = 1000 / max(1, len(ok))
-                by_thread = (None if server0 is None or server1 is None else
+                per_ok = 1000 / len(ok) if ok else None  # no frame answered OK: no per-frame figure
+                by_thread = (None if server0 is None or server1 is None or per_ok is None else
                              {k: round(v * per_ok, 3) for k, v in cpu_delta_by_role(server0, server1).items()})
                 phases.append(OverloadPhase(
                     mode, factor, round(offered, 1), round(elapsed, 2), sent, round(goodput, 1),
                     round(goodput / peak, 3), len(refused), _percentile_ms(refused, 50), _percentile_ms(refused, 99),
-                    _percentile_ms(ok, 50), _percentile_ms(ok, 99), other, lost, round(client_s * per_ok, 3),
-                    by_thread))
+                    _percentile_ms(ok, 50), _percentile_ms(ok, 99), other, lost,
+                    None if per_ok is None else round(client_s * per_ok, 3), by_thread))
     finally:
         if process is not None:
             stop_server_process(process)

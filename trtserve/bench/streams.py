@@ -78,12 +78,13 @@ class StreamsReport(JsonReport):
     # server CPU per frame minus the engine's inside the server (decode, letterbox, normalize, head, gRPC, asyncio),
     # median over the runs; None when the server did not run here
     server_cpu_outside_engine_ms_per_frame: float | None = None
-    # the engine calls' CPU per frame inside the server (GetModel stats.engine_cpu_seconds), median over the runs;
-    # None from a server that does not report it
+    # the engine's CPU per frame inside the server (GetModel stats.engine_cpu_seconds, plus its runtime's worker
+    # threads when the server runs here), median over the runs; None from a server that does not report it
     engine_in_server_cpu_ms_per_frame: float | None = None
-    # the server's CPU per frame by thread (trtserve.threads): engine (normalize, the engine, the head), decode (header
-    # checks, decode, letterbox), event_loop (gRPC, protobuf, batching, answers), drift, other; medians over the runs;
-    # None when the server did not run here or off Linux
+    # the server's CPU per frame by thread (trtserve.threads): engine (normalize, the engine calls, the head), runtime
+    # (ONNX Runtime's intra-op workers), decode (header checks, decode, letterbox), event_loop (gRPC, protobuf,
+    # batching, answers), drift, other (gRPC core's threads, ...); medians over the runs; None when the server did not
+    # run here or off Linux
     server_cpu_ms_per_frame_by_thread: dict[str, float] | None = None
     frames_per_request: int = 1  # --kserve: images per ModelInfer request
 
@@ -282,9 +283,12 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
 
     async def camera(stream: int, paced: AsyncIterator[tuple[int, bytes]], record: Record) -> None:
         sent: dict[str, tuple[float, int]] = {}  # request id -> (sent at, frames), in the order sent
-        # as many frames of a camera in flight as one frame per request leaves (the server reads at most
-        # stream_max_in_flight requests ahead, whatever they carry, and refuses frames past its queue)
-        slots = asyncio.Semaphore(max(1, ServerSettings.stream_max_in_flight // frames_per_request))
+        # with several frames per request, as many frames of a camera in flight as one frame per request leaves (the
+        # server reads stream_max_in_flight requests ahead, whatever they carry, and refuses frames past its queue):
+        # the server's default, not read from the server measured. One frame per request: unbounded here, as before
+        # (the server's flow control holds the rest)
+        slots = (asyncio.Semaphore(max(1, ServerSettings.stream_max_in_flight // frames_per_request))
+                 if frames_per_request > 1 else None)
 
         def request(i: int, blobs: list[bytes]) -> dict[str, Any]:
             tensor = InferInput("IMAGE", [len(blobs)], "BYTES")
@@ -298,15 +302,18 @@ async def _kserve_load(address: str, model: str, streams: int, frames: Sequence[
             async for i, blob in paced:
                 gathered.append(blob)
                 if len(gathered) == frames_per_request:
-                    await slots.acquire()
+                    if slots is not None:
+                        await slots.acquire()
                     yield request(i, gathered)
                     gathered = []
             if gathered:
-                await slots.acquire()
+                if slots is not None:
+                    await slots.acquire()
                 yield request(-1, gathered)
 
         async for result, error in client.stream_infer(requests()):
-            slots.release()
+            if slots is not None:
+                slots.release()
             if error is not None:  # an error names no request: the oldest one, as a stream answers in order
                 _, count = sent.pop(next(iter(sent)))
                 for _ in range(count):
@@ -476,16 +483,18 @@ def run(repository: Path | None, model: str, precision: str, streams: int, frame
         p["server_ms"] = 1000 * r["server_cpu_s"] / max(1, _answered(r)) if r["server_cpu_s"] is not None else None
         p["ceiling"] = (p["engine_ms"] / (p["server_ms"] + p["client_ms"])
                         if p["server_ms"] and device == "cpu" else None)
-        # the engine's own CPU inside the server (GetModel's engine_cpu_seconds: thread CPU time around each backend
-        # call), so that the server's work outside it is not blurred by the engine running slower or faster there
-        # than alone; a server that does not report it (older) falls back on the engine measured alone
-        p["engine_in_server_ms"] = (1000 * r["engine_cpu_in_server_s"] / max(1, _answered(r))
-                                    if r["engine_cpu_in_server_s"] > 0 else None)
-        engine_in_server = p["engine_in_server_ms"] if p["engine_in_server_ms"] is not None else p["engine_ms"]
-        p["outside_ms"] = p["server_ms"] - engine_in_server if p["server_ms"] is not None else None
         roles = r.get("server_cpu_s_by_role")
         p["by_thread_ms"] = ({k: 1000 * v / max(1, _answered(r)) for k, v in roles.items()}
                              if roles is not None else None)
+        # the engine's own CPU inside the server: GetModel's engine_cpu_seconds (thread CPU time around each backend
+        # call, on the calling thread) and its runtime's worker threads (ONNX Runtime's intra-op pool, when
+        # intra_op_threads > 1), so that the server's work outside it is not blurred by the engine running slower
+        # or faster there than alone; a server that does not report it (older) falls back on the engine alone
+        p["engine_in_server_ms"] = (1000 * r["engine_cpu_in_server_s"] / max(1, _answered(r))
+                                    + (p["by_thread_ms"]["runtime"] if p["by_thread_ms"] is not None else 0.0)
+                                    if r["engine_cpu_in_server_s"] > 0 else None)
+        engine_in_server = p["engine_in_server_ms"] if p["engine_in_server_ms"] is not None else p["engine_ms"]
+        p["outside_ms"] = p["server_ms"] - engine_in_server if p["server_ms"] is not None else None
 
     def median(key: str, digits: int) -> float:
         return round(float(np.median([p[key] for p in pairs])), digits)

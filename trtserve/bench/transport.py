@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from trtserve.errors import ServerError, UsageError
 from trtserve.reports import JsonReport
-from trtserve.threads import cpu_s_by_role
 
 ANSWER_DETECTIONS = 9
 
@@ -106,15 +105,18 @@ async def _feed(address: str, frames: Sequence[bytes], streams: int, rate_fps: f
 
         return sum([1 async for _ in stub.StreamDetect(requests())])
 
+    from trtserve.bench.streams import cpu_delta_by_role, server_cpu_s_by_role
+
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
         await asyncio.gather(*(camera(stub, s, 3) for s in range(streams)))  # connected and warm
-        before, t0 = cpu_s_by_role(pid), time.perf_counter()
+        before, t0 = server_cpu_s_by_role(pid), time.perf_counter()
         answered = sum(await asyncio.gather(*(camera(stub, s, per_stream) for s in range(streams))))
-        elapsed, after = time.perf_counter() - t0, cpu_s_by_role(pid)
+        elapsed, after = time.perf_counter() - t0, server_cpu_s_by_role(pid)
     if before is None or after is None:
-        raise UsageError("bench transport reads the server's CPU per thread from /proc: Linux only")
-    loop_ms, other_ms = (1000 * (after[k] - before[k]) / max(1, answered) for k in ("event_loop", "other"))
+        raise ServerError(f"the bare servicer's CPU could not be read from /proc/{pid} (did it exit?)")
+    delta = cpu_delta_by_role(before, after)  # gRPC threads that ended meanwhile: under other
+    loop_ms, other_ms = (1000 * delta[k] / max(1, answered) for k in ("event_loop", "other"))
     return TransportRate(rate_fps, round(answered / elapsed, 1), answered, streams * per_stream - answered,
                          round(loop_ms, 3), round(other_ms, 3), round(loop_ms + other_ms, 3))
 
@@ -126,6 +128,8 @@ def run(rates_fps: Sequence[float] = (100, 400, 1600), streams: int = 8, seconds
 
     if streams < 1 or seconds <= 0 or not rates_fps or min(rates_fps) <= 0:
         raise UsageError("bench transport needs streams >= 1, seconds > 0 and rates above 0 frames/s")
+    if not sys.platform.startswith("linux"):
+        raise UsageError("bench transport reads the server's CPU per thread from /proc: run it on Linux")
     frames: list[bytes] = _sample_frames(30, 90)  # type: ignore[assignment]  # JPEG bytes at a quality
     port = free_port()
     process = _start(port)

@@ -123,7 +123,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         lines += [f"  {p.offered_x_peak:g}x {p.mode:<11} ({p.offered_fps} offered/s): goodput {p.goodput_fps}/s = "
                   f"{p.goodput_ratio} x peak; {p.refused} refused in {p.refusal_p50_ms} ms p50 / {p.refusal_p99_ms} "
                   f"ms p99; ok p50 {p.ok_p50_ms} ms p99 {p.ok_p99_ms} ms; {p.other_errors} other errors; lost {p.lost}"
-                  + f"\n      CPU per frame answered OK: client {p.client_cpu_ms_per_ok} ms"
+                  + ("\n      no frame answered OK" if p.client_cpu_ms_per_ok is None else
+                     f"\n      CPU per frame answered OK: client {p.client_cpu_ms_per_ok} ms")
                   + ("" if p.server_cpu_ms_per_ok_by_thread is None else ", server " + ", ".join(
                       f"{k} {v}" for k, v in p.server_cpu_ms_per_ok_by_thread.items()))
                   for p in o.phases]

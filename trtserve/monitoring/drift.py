@@ -396,8 +396,20 @@ class DriftMonitor:
             self._pending += 1
         # a copy, made outside the lock: the serving thread assembles its next batch in the same array
         # (Detector.run_batch reuse_input)
-        sample = _Sample((run.tensor.copy(), served, list(geometries), list(thresholds)))
+        try:
+            sample = _Sample((run.tensor.copy(), served, list(geometries), list(thresholds)))
+        except BaseException:
+            with self._lock:
+                self._pending -= 1
+                self._lock.notify_all()
+            raise
         with self._lock:
+            if not self._up or self._closing:  # the shadow went down or the monitor closed meanwhile
+                self._pending -= 1
+                self.skipped_down += 1
+                self._m_skipped_down.inc()
+                self._lock.notify_all()
+                return False
             self._queue.append(sample)
             self._lock.notify_all()
         return True

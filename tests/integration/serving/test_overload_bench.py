@@ -16,6 +16,8 @@ def test_the_overload_bench_loses_no_frame_under_either_policy() -> None:
     for phase in report.phases:
         assert phase.sent > 0 and phase.lost == 0 and phase.other_errors == 0 and phase.goodput_fps > 0
         by_thread = phase.server_cpu_ms_per_ok_by_thread  # the server was started here: read per thread
-        assert by_thread is not None and set(by_thread) == {"engine", "decode", "drift", "event_loop", "other"}
-        assert by_thread["engine"] > 0 and phase.client_cpu_ms_per_ok > 0  # 1 s of frames: many 10 ms ticks
+        assert by_thread is not None
+        assert set(by_thread) == {"engine", "runtime", "decode", "drift", "event_loop", "other"}
+        client_ms = phase.client_cpu_ms_per_ok
+        assert by_thread["engine"] > 0 and client_ms is not None and client_ms > 0  # 1 s of frames: many ticks
     assert set(report.as_dict()) == {"model", "precision", "streams", "peak_fps", "phases", "lost"}

@@ -17,8 +17,6 @@ def test_the_transport_bench_answers_every_frame_and_measures_the_server() -> No
     assert [r.offered_fps for r in report.rates] == [100, 400] and report.frame_bytes > 10_000
     for rate in report.rates:
         assert rate.frames == rate.offered_fps and rate.lost == 0  # 1 s at the rate
-        assert rate.server_ms_per_frame == pytest.approx(rate.event_loop_ms_per_frame + rate.other_ms_per_frame,
-                                                         abs=0.002)
     # the servicer's process worked for the frames (CPU time comes in 10 ms ticks: summed over both rates)
     assert sum(r.event_loop_ms_per_frame * r.frames for r in report.rates) > 0
 
