@@ -154,3 +154,32 @@ def test_a_shadow_that_cannot_even_be_spawned_is_tried_again(monkeypatch: pytest
             monitor.close()
     assert any("could not be spawned" in r.getMessage() and "Too many open files" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_batch_offered_while_the_monitor_closes_is_neither_queued_nor_left_pending() -> None:
+    """The sampled batch is copied outside the monitor's lock (the engine thread reuses its input array); a close that
+    lands during that copy must not leave the sample queued after the shadow is gone, nor counted as pending."""
+    import dataclasses
+
+    import numpy as np
+
+    spec = DriftSpec(enabled=True, sample_rate=1.0, max_pending=8, min_window_frames=8, agreement_threshold=0.5)
+    with Detector.open(ModelRepository(ENGINES).get("shapes"), "int8") as detector:
+        prepared = [detector.prepare_letterboxed(s.image_bgr) for s in video_frames(2)]
+        images, geometries = [p[0] for p in prepared], [p[1] for p in prepared]
+        thresholds = [detector.thresholds] * len(images)
+        run = detector.run_batch(images, geometries, thresholds, reuse_input=True)
+        monitor = DriftMonitor.open(detector, spec, Metrics(process=False))
+
+        class ClosesOnCopy(np.ndarray):
+            def copy(self, *args: object, **kwargs: object) -> np.ndarray:  # type: ignore[override]
+                monitor.close()  # the server stops the model while this batch's sample is being copied
+                return np.asarray(self).copy()
+
+        closing = dataclasses.replace(run, tensor=run.tensor.view(ClosesOnCopy))
+        try:
+            assert not monitor.offer(closing, geometries, thresholds)  # refused: the monitor closed meanwhile
+            assert monitor.wait_idle(0.5)  # nothing left pending
+            assert monitor.summary().skipped_shadow_down == 1
+        finally:
+            monitor.close()
