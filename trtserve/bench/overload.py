@@ -28,16 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from trtserve.bench.hostile import _unary_load
-from trtserve.bench.streams import (
-    _answered,
-    _native_load,
-    _percentile_ms,
-    _sample_frames,
-    cpu_delta_by_role,
-    server_cpu_s_by_role,
-)
+from trtserve.bench.streams import _answered, _native_load, _percentile_ms, _sample_frames
 from trtserve.errors import UsageError
 from trtserve.reports import JsonReport
+from trtserve.threads import cpu_delta_by_role, server_cpu_s_by_role
 
 POLICIES = ("block", "drop_oldest")
 REFUSALS = ("dropped", "RESOURCE_EXHAUSTED")  # the answers that refuse a frame because of load
@@ -99,6 +93,7 @@ def run(repository: Path | None, model: str, precision: str = "fp32", streams: i
         log.parent.mkdir(parents=True, exist_ok=True)
         process, server = start_server_process(repository, model, precision, log, extra_args=server_args)
     phases: list[OverloadPhase] = []
+    pid = process.pid if process is not None else None  # the server's CPU is read only where it runs here
     try:
         asyncio.run(_native_load(server, model, streams, frames[:8]))  # warm-up: arenas, first batches
         peak_run = asyncio.run(_native_load(server, model, streams, [frames[i % 30] for i in range(150)],
@@ -109,7 +104,6 @@ def run(repository: Path | None, model: str, precision: str = "fp32", streams: i
         for factor in factors:
             offered = factor * peak
             for mode in (*POLICIES, "unary"):
-                pid = process.pid if process is not None else None
                 client0, server0 = time.process_time(), server_cpu_s_by_role(pid)
                 if mode == "unary":
                     load = asyncio.run(_unary_load(server, model, frames, offered, 0, seconds))

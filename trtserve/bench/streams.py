@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from numpy.typing import NDArray
 from trtserve.datasets.synthetic import video_frames
 from trtserve.errors import UsageError
 from trtserve.reports import JsonReport
-from trtserve.threads import cpu_s_by_role
+from trtserve.threads import cpu_delta_by_role, server_cpu_s_by_role
 
 
 @dataclass(frozen=True)
@@ -161,35 +160,6 @@ async def _paced(frames: Sequence[Any], stream: int, streams: int, interval_s: f
         if interval_s:
             await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
         yield i, blob
-
-
-ServerCpu = tuple[float, dict[str, float]]  # the process's CPU seconds, and its live threads' by role
-
-
-def server_cpu_s_by_role(pid: int | None) -> ServerCpu | None:
-    """A local server process's CPU seconds in all and by thread role; None when unknown (not here, not Linux)."""
-    total = _process_cpu_s(pid)
-    roles = cpu_s_by_role(pid) if pid is not None else None
-    return None if total is None or roles is None else (total, roles)
-
-
-def cpu_delta_by_role(before: ServerCpu, after: ServerCpu) -> dict[str, float]:
-    """CPU seconds per role between two readings; what threads that ended meanwhile used is put under ``other``
-    (the process's total keeps it, its live threads no longer list it)."""
-    delta = {role: after[1][role] - before[1].get(role, 0.0) for role in after[1]}
-    delta["other"] += (after[0] - before[0]) - sum(delta.values())
-    return delta
-
-
-def _process_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system, all threads) process ``pid`` has used; None when unknown (not local, not Linux)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _measure(address: str, model: str, streams: int, frames: Sequence[Any], interval_s: float,

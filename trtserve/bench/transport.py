@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from trtserve.errors import ServerError, UsageError
 from trtserve.reports import JsonReport
+from trtserve.threads import cpu_delta_by_role, server_cpu_s_by_role
 
 ANSWER_DETECTIONS = 9
 
@@ -104,8 +105,6 @@ async def _feed(address: str, frames: Sequence[bytes], streams: int, rate_fps: f
                 yield pb.DetectRequest(stream_id=f"cam{s}", sequence=i, image=pb.Image(encoded=frames[i % len(frames)]))
 
         return sum([1 async for _ in stub.StreamDetect(requests())])
-
-    from trtserve.bench.streams import cpu_delta_by_role, server_cpu_s_by_role
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectionServiceStub(channel)
